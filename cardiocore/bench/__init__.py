@@ -1,0 +1,1 @@
+"""Benchmarks behind `cardio bench ...`: figures printed beside their targets."""

@@ -1,0 +1,1 @@
+"""Mesh and volume geometry (compute layer: torch/numpy/scipy only)."""

@@ -1,0 +1,1 @@
+"""Evaluation metrics with stated conventions and units (compute layer)."""

@@ -1,0 +1,1 @@
+"""The only bridge between CardioShape and Slicer (MRML nodes <-> arrays and meshes)."""

@@ -1,0 +1,1 @@
+"""Seeded synthetic cardiac anatomy with known truth (compute layer)."""
