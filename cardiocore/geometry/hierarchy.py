@@ -1,0 +1,346 @@
+"""Mesh hierarchy for graph pooling: quadric-decimated levels with sparse down/up-sampling.
+
+Level 0 is the input mesh; level ``l + 1`` is :func:`quadric_decimate` of level ``l`` by
+``factors[l]``. Because decimation keeps a subset of the vertices,
+
+* ``down[l]`` (n_{l+1}, n_l) has one 1 per row, selecting the kept vertices, and
+* ``up[l]`` (n_l, n_{l+1}) gives every level-``l`` vertex the barycentric weights of its closest
+  point on the level-``l + 1`` surface (kept vertices get a one-hot row),
+
+as in the CoMA / MeshLDM pooling, built here without ``psbody.mesh``. A model ships its
+hierarchy with :meth:`MeshHierarchy.save` and reloads it with :meth:`MeshHierarchy.load`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from cardiocore.errors import CardioInputError, WeightsError
+from cardiocore.geometry.decimate import quadric_decimate
+from cardiocore.geometry.mesh import ArrayLike, as_mesh, edge_index
+from cardiocore.train.atomic import atomic_write
+
+FILE_FORMAT = "cardiocore.mesh_hierarchy"
+FILE_VERSION = 1
+_POINTS_PER_CHUNK = 4096
+_SIZE_GROUPS = 12
+_STORED_FIELDS = ("verts", "faces", "kept", "up_vertices", "up_weights")
+
+
+def _closest_point_barycentrics(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates (N, 3) of the closest point to ``p`` on triangles (a, b, c).
+
+    All inputs (N, 3) float64. Voronoi-region tests after Ericson, *Real-Time Collision
+    Detection* 5.1.5; the weights are non-negative and sum to one.
+    """
+    ab, ac = b - a, c - a
+    d1, d2 = (ab * (p - a)).sum(1), (ac * (p - a)).sum(1)
+    d3, d4 = (ab * (p - b)).sum(1), (ac * (p - b)).sum(1)
+    d5, d6 = (ab * (p - c)).sum(1), (ac * (p - c)).sum(1)
+    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total = va + vb + vc
+        inside = np.stack([va / total, vb / total, vc / total], axis=1)
+        t_ab = d1 / (d1 - d3)
+        t_ac = d2 / (d2 - d6)
+        t_bc = (d4 - d3) / ((d4 - d3) + (d5 - d6))
+    zero = np.zeros_like(d1)
+    one = np.ones_like(d1)
+    # Highest-priority region last: vertex A, B, edge AB, vertex C, edge AC, edge BC, interior.
+    regions = [
+        (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0),
+        (vb <= 0) & (d2 >= 0) & (d6 <= 0),
+        (d6 >= 0) & (d5 <= d6),
+        (vc <= 0) & (d1 >= 0) & (d3 <= 0),
+        (d3 >= 0) & (d4 <= d3),
+        (d1 <= 0) & (d2 <= 0),
+    ]
+    weights = [
+        np.stack([zero, 1 - t_bc, t_bc], 1),
+        np.stack([1 - t_ac, zero, t_ac], 1),
+        np.stack([zero, zero, one], 1),
+        np.stack([1 - t_ab, t_ab, zero], 1),
+        np.stack([zero, one, zero], 1),
+        np.stack([one, zero, zero], 1),
+    ]
+    bary = inside
+    for region, weight in zip(regions, weights):
+        bary = np.where(region[:, None], weight, bary)
+    bary = np.clip(np.nan_to_num(bary, nan=1.0 / 3.0), 0.0, 1.0)
+    return bary / bary.sum(1, keepdims=True)
+
+
+def _face_groups_by_size(radius: np.ndarray) -> list[np.ndarray]:
+    """Face indices grouped so that radii within a group differ by at most a factor of two.
+
+    Faces smaller than 1/2^_SIZE_GROUPS of the largest share the last group.
+    """
+    largest = radius.max()
+    if largest == 0:
+        return [np.arange(radius.shape[0])]
+    with np.errstate(divide="ignore"):
+        octave = np.floor(-np.log2(radius / largest))
+    octave = np.clip(octave, 0, _SIZE_GROUPS).astype(np.int64)
+    return [np.flatnonzero(octave == k) for k in np.unique(octave)]
+
+
+def closest_triangle_weights(
+    points: ArrayLike, verts: ArrayLike, faces: ArrayLike
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closest triangle of a mesh for each point, as vertex indices and barycentric weights.
+
+    Exact: a triangle whose centroid is farther from a point than the point's nearest mesh
+    vertex plus the triangle's centroid-to-corner radius cannot be the closest one, so
+    candidates come from k-d trees over face centroids (one per octave of face size, to keep
+    the search radius tight). Ties go to the lowest face index.
+
+    Args:
+        points: query points (P, 3), mm.
+        verts: mesh vertices (V, 3), mm.
+        faces: mesh triangles (F, 3).
+
+    Returns:
+        ``vertex_index`` (P, 3) int64 corners of the closest triangle and ``weights`` (P, 3)
+        float64, non-negative, summing to 1, with ``sum_k weights[:, k] * verts[vertex_index[:, k]]``
+        the closest surface point. On CPU.
+    """
+    verts_t, faces_t = as_mesh(verts, faces)
+    query = torch.as_tensor(points).detach().cpu().double().numpy()
+    mesh_points = verts_t.detach().cpu().double().numpy()
+    tri = faces_t.cpu().numpy()
+    corners = mesh_points[tri]  # (F, 3, 3)
+    centroids = corners.mean(1)
+    radius = np.linalg.norm(corners - centroids[:, None], axis=2).max(1)
+    groups = [(ids, cKDTree(centroids[ids]), float(radius[ids].max())) for ids in _face_groups_by_size(radius)]
+    vertex_tree = cKDTree(mesh_points)
+
+    best_face = np.empty(query.shape[0], dtype=np.int64)
+    best_weights = np.empty((query.shape[0], 3))
+    for start in range(0, query.shape[0], _POINTS_PER_CHUNK):
+        chunk = query[start : start + _POINTS_PER_CHUNK]
+        nearest_vertex, _ = vertex_tree.query(chunk)
+        point_parts, face_parts = [], []
+        for ids, tree, reach in groups:
+            found = tree.query_ball_point(chunk, r=nearest_vertex * (1 + 1e-9) + reach + 1e-12)
+            point_parts.append(np.repeat(np.arange(chunk.shape[0]), [len(c) for c in found]))
+            face_parts.append(ids[np.concatenate([np.asarray(c, dtype=np.int64) for c in found])])
+        point, face = np.concatenate(point_parts), np.concatenate(face_parts)
+        a, b, c = (corners[face, k] for k in range(3))
+        bary = _closest_point_barycentrics(chunk[point], a, b, c)
+        closest = bary[:, :1] * a + bary[:, 1:2] * b + bary[:, 2:] * c
+        distance = ((closest - chunk[point]) ** 2).sum(1)
+        order = np.lexsort((face, distance, point))
+        _, first = np.unique(point[order], return_index=True)
+        pick = order[first]
+        best_face[start : start + chunk.shape[0]] = face[pick]
+        best_weights[start : start + chunk.shape[0]] = bary[pick]
+    return torch.as_tensor(tri[best_face]), torch.as_tensor(best_weights)
+
+
+def _selection_matrix(kept: torch.Tensor, n_fine: int) -> torch.Tensor:
+    """Sparse (n_coarse, n_fine) float32 matrix with a single 1 at (i, kept[i])."""
+    rows = torch.arange(kept.shape[0], device=kept.device)
+    values = torch.ones(kept.shape[0], device=kept.device)
+    shape = (kept.shape[0], n_fine)
+    indices = torch.stack([rows, kept])
+    return torch.sparse_coo_tensor(indices, values, shape, check_invariants=False).coalesce()
+
+
+def _interpolation_matrix(vertex_index: torch.Tensor, weights: torch.Tensor, n_coarse: int) -> torch.Tensor:
+    """Sparse (n_fine, n_coarse) float32 matrix with rows holding barycentric weights."""
+    n_fine = vertex_index.shape[0]
+    rows = torch.arange(n_fine, device=vertex_index.device).repeat_interleave(3)
+    indices = torch.stack([rows, vertex_index.reshape(-1)])
+    values = weights.reshape(-1).float()
+    return torch.sparse_coo_tensor(indices, values, (n_fine, n_coarse), check_invariants=False).coalesce()
+
+
+@dataclass
+class MeshHierarchy:
+    """Levels of a mesh for graph pooling (level 0 finest).
+
+    Attributes:
+        verts: per level, vertex positions (n_l, 3) float32, mm.
+        faces: per level, triangles (F_l, 3) int64.
+        kept: per level transition ``l``, indices (n_{l+1},) of the level-``l`` vertices kept.
+        up_vertices: per transition ``l``, coarse triangle corners (n_l, 3) int64 for each
+            level-``l`` vertex.
+        up_weights: per transition ``l``, barycentric weights (n_l, 3) matching ``up_vertices``.
+        edge_index: per level, PyG connectivity (2, 2E_l) int64, both directions (derived).
+        down: per transition ``l``, sparse COO float32 (n_{l+1}, n_l) selection (derived).
+        up: per transition ``l``, sparse COO float32 (n_l, n_{l+1}) interpolation (derived).
+    """
+
+    verts: list[torch.Tensor]
+    faces: list[torch.Tensor]
+    kept: list[torch.Tensor]
+    up_vertices: list[torch.Tensor]
+    up_weights: list[torch.Tensor]
+    edge_index: list[torch.Tensor] = field(init=False)
+    down: list[torch.Tensor] = field(init=False)
+    up: list[torch.Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._check_levels()
+        self.edge_index = [edge_index(f) for f in self.faces]
+        sizes = self.n_vertices
+        self.down = [_selection_matrix(k, sizes[level]) for level, k in enumerate(self.kept)]
+        self.up = [
+            _interpolation_matrix(i, w, sizes[level + 1])
+            for level, (i, w) in enumerate(zip(self.up_vertices, self.up_weights))
+        ]
+
+    @property
+    def n_vertices(self) -> list[int]:
+        """Vertex count of every level, finest first."""
+        return [int(v.shape[0]) for v in self.verts]
+
+    @property
+    def n_levels(self) -> int:
+        """Number of levels, including the input mesh."""
+        return len(self.verts)
+
+    @classmethod
+    def build(
+        cls, verts: ArrayLike, faces: ArrayLike, factors: Sequence[float] = (4, 4, 4, 4)
+    ) -> MeshHierarchy:
+        """Decimate ``verts``/``faces`` repeatedly, each level to ``ceil(n_l / factor)`` vertices.
+
+        Args:
+            verts: finest vertices (V, 3), mm.
+            faces: finest triangles (F, 3), manifold, every vertex used.
+            factors: reduction factor (> 1) of each transition; len(factors) + 1 levels.
+
+        Returns:
+            The hierarchy (on CPU; use :meth:`to` to move it). Deterministic.
+
+        Raises:
+            MeshError: unusable mesh (see :func:`quadric_decimate`).
+            CardioInputError: a factor <= 1, or a level that would fall below 3 vertices.
+        """
+        verts_t, faces_t = as_mesh(verts, faces, name="hierarchy mesh")
+        level_verts = [verts_t.detach().cpu().float()]
+        level_faces = [faces_t.cpu()]
+        kept, up_vertices, up_weights = [], [], []
+        for level, factor in enumerate(factors):
+            if not factor > 1:
+                raise CardioInputError("factors", f"factor {level} must be greater than 1, got {factor}")
+            target = math.ceil(level_verts[-1].shape[0] / factor)
+            if target < 3:
+                raise CardioInputError(
+                    "factors",
+                    f"level {level + 1} would have {target} vertices, fewer than a triangle",
+                    "use fewer or smaller factors",
+                )
+            name = f"hierarchy level {level}"
+            coarse = quadric_decimate(level_verts[-1], level_faces[-1], target, name=name)
+            vertex_index, weights = closest_triangle_weights(level_verts[-1], coarse.verts, coarse.faces)
+            kept.append(coarse.kept)
+            up_vertices.append(vertex_index)
+            up_weights.append(weights.float())
+            level_verts.append(coarse.verts)
+            level_faces.append(coarse.faces)
+        return cls(level_verts, level_faces, kept, up_vertices, up_weights)
+
+    def to(self, device: torch.device | str) -> MeshHierarchy:
+        """A copy with every tensor on ``device``."""
+        return MeshHierarchy(*([t.to(device) for t in getattr(self, name)] for name in _STORED_FIELDS))
+
+    def downsample(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Pool features from level ``level`` to ``level + 1``.
+
+        (B, n_l, C) or (n_l, C) -> (B, n_{l+1}, C) or (n_{l+1}, C).
+        """
+        return _apply_sparse(self._matrix(self.down, level, "downsample"), x, "downsample input")
+
+    def upsample(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Unpool features from level ``level + 1`` to ``level``.
+
+        (B, n_{l+1}, C) or (n_{l+1}, C) -> (B, n_l, C) or (n_l, C).
+        """
+        return _apply_sparse(self._matrix(self.up, level, "upsample"), x, "upsample input")
+
+    def _matrix(self, matrices: list[torch.Tensor], level: int, what: str) -> torch.Tensor:
+        if not 0 <= level < len(matrices):
+            raise CardioInputError(f"{what} level", f"must be in [0, {len(matrices) - 1}], got {level}")
+        return matrices[level]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the hierarchy as plain tensors with ``torch.save``, atomically (temp file + os.replace)."""
+        payload = {
+            "format": FILE_FORMAT,
+            "version": FILE_VERSION,
+            **{name: [t.cpu() for t in getattr(self, name)] for name in _STORED_FIELDS},
+        }
+        with atomic_write(path) as stream:
+            torch.save(payload, stream)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MeshHierarchy:
+        """Read a hierarchy written by :meth:`save` (onto CPU).
+
+        Raises:
+            WeightsError: the file is missing, unreadable, of another format or version, or
+                its levels do not fit together.
+        """
+        source = Path(path)
+        if not source.is_file():
+            raise WeightsError(str(source), "no such mesh-hierarchy file")
+        try:
+            payload = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for corrupt files
+            raise WeightsError(str(source), f"cannot be read as a mesh hierarchy ({error})") from error
+        if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
+            raise WeightsError(str(source), "is not a cardiocore mesh-hierarchy file")
+        if payload.get("version") != FILE_VERSION:
+            raise WeightsError(
+                str(source),
+                f"has mesh-hierarchy version {payload.get('version')}, this cardiocore reads {FILE_VERSION}",
+                "rebuild the hierarchy or update cardiocore",
+            )
+        try:
+            return cls(*(payload[name] for name in _STORED_FIELDS))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as error:
+            raise WeightsError(str(source), f"holds inconsistent levels ({error})") from error
+
+    def _check_levels(self) -> None:
+        """Raise ValueError when the levels do not chain (list lengths, shapes, index ranges)."""
+        sizes = self.n_vertices
+        transitions = len(sizes) - 1
+        lengths = {len(self.kept), len(self.up_vertices), len(self.up_weights)}
+        if len(self.faces) != len(sizes) or lengths != {transitions}:
+            raise ValueError(f"{len(sizes)} levels need {transitions} transitions, got lengths {lengths}")
+        for level in range(transitions):
+            kept, corners = self.kept[level], self.up_vertices[level]
+            if kept.shape != (sizes[level + 1],) or corners.shape != (sizes[level], 3):
+                raise ValueError(f"transition {level} has mismatched shapes")
+            if self.up_weights[level].shape != corners.shape:
+                raise ValueError(f"transition {level} weights do not match their vertex indices")
+            if int(kept.min()) < 0 or int(kept.max()) >= sizes[level] or int(corners.min()) < 0:
+                raise ValueError(f"transition {level} indexes outside its levels")
+            if int(corners.max()) >= sizes[level + 1]:
+                raise ValueError(f"transition {level} interpolates from vertices outside level {level + 1}")
+            if not torch.equal(self.verts[level][kept], self.verts[level + 1]):
+                raise ValueError(f"level {level + 1} is not the kept subset of level {level}")
+
+
+def _apply_sparse(matrix: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
+    """``matrix @ x`` for x (n, C) or (B, n, C), on x's device and dtype."""
+    if x.dim() not in (2, 3) or x.shape[-2] != matrix.shape[1]:
+        raise CardioInputError(
+            what, f"must have shape (B, {matrix.shape[1]}, C) or ({matrix.shape[1]}, C), got {tuple(x.shape)}"
+        )
+    m = matrix.to(device=x.device, dtype=x.dtype)
+    if x.dim() == 2:
+        return torch.sparse.mm(m, x)
+    batch, n, channels = x.shape
+    stacked = x.transpose(0, 1).reshape(n, batch * channels)
+    return torch.sparse.mm(m, stacked).reshape(-1, batch, channels).transpose(0, 1)
