@@ -1,0 +1,73 @@
+"""`cardio demo` end to end: the scene bundle, renderings and report, and the CLI around it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cardiocore.cli import main
+from cardiocore.errors import CardioInputError
+from cardiocore.mrml.app import slicer_app
+from cardiocore.mrml.demo import DEMO_FILES, DEMO_LV, run_demo
+from cardiocore.mrml.models import model_to_mesh
+from cardiocore.mrml.storage import load_scene
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(out, seed=0, progress=lambda message: None)
+
+
+def test_demo_writes_every_file(demo: tuple[Path, dict]) -> None:
+    out, _ = demo
+    for name in DEMO_FILES:
+        assert (out / name).stat().st_size > 0, name
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_report_figures_match_the_phantom_truth(demo: tuple[Path, dict]) -> None:
+    out, report = demo
+    assert json.loads((out / "report.json").read_text())["lv"] == report["lv"]
+    for row in report["heart"]["structures"]:
+        assert abs(row["difference_percent"]) < 3.0, row  # closed surface vs voxel count
+    measured = report["lv"]["measured"]
+    assert measured["EDV_ml"] == pytest.approx(DEMO_LV["edv_ml"], rel=0.01)
+    assert measured["EF_percent"] == pytest.approx(DEMO_LV["ef_percent"], abs=0.5)
+    assert measured["myocardial_mass_ED_g"] == pytest.approx(measured["myocardial_mass_ES_g"], rel=0.02)
+    assert "| LV cavity |" in (out / "report.md").read_text()
+
+
+def test_scene_bundle_loads_into_a_fresh_scene(demo: tuple[Path, dict]) -> None:
+    out, report = demo
+    app = slicer_app()
+    app.clear()
+    load_scene(out / "scene.mrb", clear=True)
+    names = {app.scene.GetNthNode(i).GetName() for i in range(app.scene.GetNumberOfNodes())}
+    for node in report["nodes"]:
+        assert node["name"] in names
+    assert app.scene.GetFirstNodeByName("Phantom heart").GetSegmentation().GetNumberOfSegments() == 7
+    assert app.scene.GetNodesByClass("vtkMRMLSequenceNode").GetNumberOfItems() == 1
+    ed = model_to_mesh(app.scene.GetFirstNodeByName("LV ED"))
+    es = model_to_mesh(app.scene.GetFirstNodeByName("LV ES"))
+    assert ed.faces.shape == es.faces.shape and (ed.faces == es.faces).all()
+
+
+def test_demo_never_overwrites_without_being_asked(demo: tuple[Path, dict]) -> None:
+    out, _ = demo
+    before = (out / "report.json").stat().st_mtime_ns
+    with pytest.raises(CardioInputError, match="--overwrite"):
+        run_demo(out, progress=lambda message: None)
+    assert (out / "report.json").stat().st_mtime_ns == before
+    assert main(["demo", "--out", str(out)]) == 2
+
+
+def test_cli_info(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["device"] == "cpu" or info["cuda_available"]
+    assert info["packages"]["torch"] and info["bundled_models"] == []
+    assert main(["info"]) == 0
+    assert "cardiocore" in capsys.readouterr().out
