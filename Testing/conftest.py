@@ -20,6 +20,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def app():
+    """The shared headless Slicer application on an empty scene, emptied again afterwards."""
+    from cardiocore.mrml.app import slicer_app
+
+    application = slicer_app()
+    application.clear()
+    yield application
+    application.clear()
+
+
 def shared_file(relative: str) -> Path:
     """One file under the public data folder, skipping the calling test when it is absent."""
     path = SHARED_DATA / relative

@@ -13,14 +13,6 @@ import slicer.util  # noqa: E402
 from cardiocore.mrml.app import HEADLESS_MODULE_LOGICS, slicer_app  # noqa: E402
 
 
-@pytest.fixture
-def app():
-    application = slicer_app()
-    application.clear()
-    yield application
-    application.clear()
-
-
 def _data_node_names(scene) -> list[str]:
     nodes = (scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes()))
     data_nodes = (n for n in nodes if n.IsA("vtkMRMLStorableNode") and not n.IsA("vtkMRMLColorNode"))

@@ -13,6 +13,7 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
 from conftest import shared_file  # noqa: E402
+from grids import oblique_ijk_to_ras  # noqa: E402
 
 from cardiocore.errors import CardioInputError, MeshError  # noqa: E402
 from cardiocore.mrml.app import slicer_app  # noqa: E402
@@ -30,10 +31,8 @@ TETRA_FACES = np.array([[0, 2, 1], [0, 1, 3], [1, 2, 3], [0, 3, 2]])
 
 
 @pytest.fixture(autouse=True)
-def empty_scene():
-    slicer_app().clear()
-    yield slicer_app().scene
-    slicer_app().clear()
+def empty_scene(app):
+    return app.scene
 
 
 def _tetra(name: str = "tetra"):
@@ -42,17 +41,6 @@ def _tetra(name: str = "tetra"):
         point_data={"thickness": np.array([1.0, 2.0, 3.0, 4.0]), "normal": TETRA_VERTS - TETRA_VERTS.mean(0)},
         cell_data={"region": np.array([1, 2, 3, 4], dtype=np.int32)},
     )
-
-
-def _oblique_matrix() -> np.ndarray:
-    """Anisotropic spacing (0.7, 1.3, 2.5) mm, rotated 30 degrees about S and 10 about R, offset origin."""
-    a, b = np.radians(30.0), np.radians(10.0)
-    about_s = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    about_r = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    matrix = np.eye(4)
-    matrix[:3, :3] = about_s @ about_r @ np.diag([0.7, 1.3, 2.5])
-    matrix[:3, 3] = [-40.0, 25.0, 12.5]
-    return matrix
 
 
 def _files(folder: Path) -> list[str]:
@@ -113,19 +101,19 @@ def test_header_less_model_file_follows_the_requested_convention(tmp_path):
 @pytest.mark.parametrize("extension", [".nrrd", ".nii", ".nii.gz"])
 def test_oblique_anisotropic_volume_round_trips(tmp_path, extension):
     voxels = np.random.default_rng(0).normal(size=(5, 6, 7)).astype(np.float32)
-    volume = array_to_volume(voxels, _oblique_matrix(), "oblique")
+    volume = array_to_volume(voxels, oblique_ijk_to_ras(about_r_deg=10.0), "oblique")
     node = read_node(write_node(volume, tmp_path / f"oblique{extension}"))
     assert node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
     array, ijk_to_ras = volume_to_array(node)
     np.testing.assert_array_equal(array, voxels)
-    np.testing.assert_allclose(ijk_to_ras, _oblique_matrix(), atol=1e-5)
+    np.testing.assert_allclose(ijk_to_ras, oblique_ijk_to_ras(about_r_deg=10.0), atol=1e-5)
 
 
 def test_labelmap_and_segmentation_files(tmp_path):
     labels = np.zeros((6, 5, 4), dtype=np.int16)
     labels[1:3, 1:4, 1:3] = 1
     labels[4, 2:4, 0:2] = 2
-    labelmap = array_to_volume(labels, _oblique_matrix(), "labels", labelmap=True)
+    labelmap = array_to_volume(labels, oblique_ijk_to_ras(about_r_deg=10.0), "labels", labelmap=True)
     label_file = write_node(labelmap, tmp_path / "labels.nii.gz")
     as_labelmap = read_node(label_file, kind="labelmap")
     assert as_labelmap.IsA("vtkMRMLLabelMapVolumeNode")
@@ -135,7 +123,7 @@ def test_labelmap_and_segmentation_files(tmp_path):
     assert as_segmentation.GetSegmentation().GetNumberOfSegments() == 2
 
     masks = {"LV": labels == 1, "RV": labels == 2}
-    segmentation = arrays_to_segmentation(masks, _oblique_matrix(), name="heart")
+    segmentation = arrays_to_segmentation(masks, oblique_ijk_to_ras(about_r_deg=10.0), name="heart")
     seg_file = write_node(segmentation, tmp_path / "heart.seg.nrrd")
     back = segmentation_to_arrays(read_node(seg_file))
     assert back.names == ["LV", "RV"]
@@ -172,12 +160,12 @@ def test_table_text_the_writer_cannot_escape_is_refused(tmp_path):
 
 def test_scene_bundle_round_trip(tmp_path):
     voxels = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
-    array_to_volume(voxels, _oblique_matrix(), "CT")
+    array_to_volume(voxels, oblique_ijk_to_ras(about_r_deg=10.0), "CT")
     _tetra("heart mesh")
     columns_to_table({"structure": ["LV"], "volume": [120.5]}, "metrics", units={"volume": "ml"})
     mask = np.zeros((3, 4, 5), dtype=bool)
     mask[1, 1:3, 2:4] = True
-    arrays_to_segmentation({"LV": mask}, _oblique_matrix(), name="segmentation")
+    arrays_to_segmentation({"LV": mask}, oblique_ijk_to_ras(about_r_deg=10.0), name="segmentation")
     frames = [TETRA_VERTS + [0.0, 0.0, 2.0 * t] for t in range(3)]
     meshes_to_sequence(frames, "beat", faces=TETRA_FACES)
 
@@ -192,7 +180,7 @@ def test_scene_bundle_round_trip(tmp_path):
     assert {"CT", "heart mesh", "metrics", "segmentation", "beat"} <= set(loaded)
     array, ijk_to_ras = volume_to_array(loaded["CT"])
     np.testing.assert_array_equal(array, voxels)
-    np.testing.assert_allclose(ijk_to_ras, _oblique_matrix(), atol=1e-5)
+    np.testing.assert_allclose(ijk_to_ras, oblique_ijk_to_ras(about_r_deg=10.0), atol=1e-5)
     mesh = model_to_mesh(loaded["heart mesh"])
     np.testing.assert_allclose(mesh.verts, TETRA_VERTS, atol=1e-5)
     np.testing.assert_array_equal(mesh.point_data["thickness"], [1.0, 2.0, 3.0, 4.0])

@@ -19,11 +19,9 @@ from cardiocore.mrml.tables import column_units, columns_to_table, table_to_colu
 
 
 @pytest.fixture(autouse=True)
-def empty_scene():
+def empty_scene(app):
     """Every test starts on an empty scene of the shared headless application."""
-    slicer_app().clear()
-    yield slicer_app().scene
-    slicer_app().clear()
+    return app.scene
 
 
 def _box() -> tuple[np.ndarray, np.ndarray]:

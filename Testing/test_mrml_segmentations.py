@@ -9,12 +9,11 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
 from conftest import shared_file  # noqa: E402
-from test_mrml_volumes import oblique_ijk_to_ras, rotation  # noqa: E402
+from grids import oblique_ijk_to_ras, rotation  # noqa: E402
 
 from cardiocore.errors import CardioInputError  # noqa: E402
 from cardiocore.geometry.mesh import is_closed  # noqa: E402
 from cardiocore.geometry.volume import enclosed_volume  # noqa: E402
-from cardiocore.mrml.app import slicer_app  # noqa: E402
 from cardiocore.mrml.segmentations import (  # noqa: E402
     arrays_to_segmentation,
     labelmap_to_segmentation,
@@ -30,14 +29,6 @@ TERMINOLOGY = (
     "~SCT^80891009^Heart~^^~Anatomic codes - DICOM master list~^^~^^"
 )
 COLOUR_TOLERANCE = 1.0 / 255.0
-
-
-@pytest.fixture
-def app():
-    application = slicer_app()
-    application.clear()
-    yield application
-    application.clear()
 
 
 def _three_labels() -> np.ndarray:

@@ -13,34 +13,17 @@ vtk = pytest.importorskip("vtk")
 
 import slicer.util  # noqa: E402
 from conftest import shared_file  # noqa: E402
+from grids import OBLIQUE_ORIGIN, OBLIQUE_SPACING, oblique_ijk_to_ras, rotation  # noqa: E402
 
 from cardiocore.errors import CardioInputError, VolumeError  # noqa: E402
-from cardiocore.mrml.app import slicer_app  # noqa: E402
 from cardiocore.mrml.dicom import list_dicom_series, load_dicom_series  # noqa: E402
 from cardiocore.mrml.storage import read_node, write_node  # noqa: E402
 from cardiocore.mrml.volumes import array_to_volume, validate_ijk_to_ras, volume_to_array  # noqa: E402
 
-SPACING = np.array([0.7, 1.3, 2.5])
-ORIGIN = np.array([-40.0, 25.0, 12.5])
+SPACING = OBLIQUE_SPACING
+ORIGIN = OBLIQUE_ORIGIN
 MMWHS_LABELS = {205, 420, 500, 550, 600, 820, 850}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-
-
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    """(3, 3) right-handed rotation about RAS axis 0 (R), 1 (A) or 2 (S)."""
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    first, second = [index for index in range(3) if index != axis]
-    matrix = np.eye(3)
-    matrix[first, first], matrix[first, second], matrix[second, first], matrix[second, second] = c, -s, s, c
-    return matrix
-
-
-def oblique_ijk_to_ras() -> np.ndarray:
-    """Spacing 0.7 x 1.3 x 2.5 mm, rotated 30 degrees about S then 20 about R, origin off zero."""
-    matrix = np.eye(4)
-    matrix[:3, :3] = rotation(2, 30.0) @ rotation(0, 20.0) @ np.diag(SPACING)
-    matrix[:3, 3] = ORIGIN
-    return matrix
 
 
 def expected_ras(ijk: tuple[int, int, int]) -> np.ndarray:
@@ -48,14 +31,6 @@ def expected_ras(ijk: tuple[int, int, int]) -> np.ndarray:
     directions = rotation(2, 30.0) @ rotation(0, 20.0)
     steps = [index * spacing * directions[:, axis] for axis, (index, spacing) in enumerate(zip(ijk, SPACING))]
     return ORIGIN + sum(steps)
-
-
-@pytest.fixture
-def app():
-    application = slicer_app()
-    application.clear()
-    yield application
-    application.clear()
 
 
 def _node_count(app) -> int:

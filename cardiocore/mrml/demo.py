@@ -18,7 +18,6 @@ files are written to a temporary folder first and moved into place at the end.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from cardiocore.errors import CardioInputError
 
@@ -36,15 +36,6 @@ DEMO_SPACING_MM = (1.6, 1.6, 2.4)
 DEMO_ROTATION_DEG = (10.0, 0.0, 20.0)
 DEMO_LV = {"edv_ml": 140.0, "ef_percent": 60.0, "wall_thickness_mm": 10.0}
 ED_TO_ES_FRAMES = 10
-
-
-def _rotation(degrees_about_ras: tuple[float, float, float]) -> np.ndarray:
-    """3x3 rotation: about R, then A, then S (degrees)."""
-    rx, ry, rz = (math.radians(d) for d in degrees_about_ras)
-    about_r = np.array([[1, 0, 0], [0, math.cos(rx), -math.sin(rx)], [0, math.sin(rx), math.cos(rx)]])
-    about_a = np.array([[math.cos(ry), 0, math.sin(ry)], [0, 1, 0], [-math.sin(ry), 0, math.cos(ry)]])
-    about_s = np.array([[math.cos(rz), -math.sin(rz), 0], [math.sin(rz), math.cos(rz), 0], [0, 0, 1]])
-    return about_s @ about_a @ about_r
 
 
 def _check_output_folder(out: Path, overwrite: bool) -> None:
@@ -66,7 +57,7 @@ def _heart_part(workdir: Path, seed: int, progress: Callable[[str], None]) -> di
     from cardiocore.render import SceneMesh, render_meshes
 
     progress("heart phantom: label volume -> segmentation -> closed-surface models")
-    phantom = heart_label_phantom(spacing=DEMO_SPACING_MM, direction=_rotation(DEMO_ROTATION_DEG), seed=seed)
+    phantom = heart_label_phantom(spacing=DEMO_SPACING_MM, direction=Rotation.from_euler("xyz", DEMO_ROTATION_DEG, degrees=True).as_matrix(), seed=seed)
     voxel_ml = float(abs(np.linalg.det(phantom.ijk_to_ras[:3, :3]))) / 1000.0
     array_to_volume(phantom.labels, phantom.ijk_to_ras, name="Phantom heart labels", labelmap=True)
     masks = {s.name: phantom.labels == s.label for s in phantom.structures}

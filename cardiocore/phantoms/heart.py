@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from cardiocore.errors import CardioInputError, VolumeError
 
@@ -69,12 +70,6 @@ def _nominal_rotation() -> np.ndarray:
     u -= (u @ w) * w
     u /= np.linalg.norm(u)
     return np.stack([u, np.cross(w, u), w], axis=1)
-
-
-def _rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
-    """Rodrigues rotation matrix (3, 3) about a unit ``axis`` by ``angle`` radians."""
-    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
 
 
 def _inside_ellipsoid(points: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> np.ndarray:
@@ -179,7 +174,7 @@ def heart_anatomy(seed: int | None = None) -> HeartAnatomy:
     if rng is not None:
         axis = rng.standard_normal(3)
         angle = np.deg2rad(np.clip(_TILT_STD_DEG * rng.standard_normal(), -15.0, 15.0))
-        rotation = _rotation_about(axis / np.linalg.norm(axis), angle) @ rotation
+        rotation = Rotation.from_rotvec(angle * axis / np.linalg.norm(axis)).as_matrix() @ rotation
     lv_scale = size()
     lv_centre = np.array(_LV_CENTRE) * lv_scale
     lv_endo = np.array(_LV_ENDO_AXES) * lv_scale
