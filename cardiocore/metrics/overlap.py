@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +95,15 @@ def jaccard(pred: ArrayLike, target: ArrayLike) -> float:
     return empty if empty is not None else float(compute_iou(pred_t, target_t))
 
 
+def _surface_distance(metric: Callable[..., Any], pred: ArrayLike, target: ArrayLike, spacing: Spacing, **options: Any) -> float:
+    """A MONAI surface-distance metric in mm, with the empty-mask cases decided first (0 / +inf)."""
+    pred_t, target_t = _as_mask_pair(pred, target)
+    empty = _empty_case(pred_t, target_t, both=0.0, one=float("inf"))
+    if empty is not None:
+        return empty
+    return _monai_surface_metric(metric, pred_t, target_t, include_background=True, spacing=_as_spacing(spacing), **options)
+
+
 def hd95(pred: ArrayLike, target: ArrayLike, spacing: Spacing = 1.0) -> float:
     """Symmetric 95th-percentile Hausdorff distance between mask surfaces, mm.
 
@@ -104,15 +114,7 @@ def hd95(pred: ArrayLike, target: ArrayLike, spacing: Spacing = 1.0) -> float:
     Returns:
         Distance in mm; 0 if both masks are empty, +inf if exactly one is.
     """
-    pred_t, target_t = _as_mask_pair(pred, target)
-    spacing_mm = _as_spacing(spacing)
-    empty = _empty_case(pred_t, target_t, both=0.0, one=float("inf"))
-    if empty is not None:
-        return empty
-    return _monai_surface_metric(
-        compute_hausdorff_distance, pred_t, target_t, include_background=True, percentile=95,
-        spacing=spacing_mm,
-    )
+    return _surface_distance(compute_hausdorff_distance, pred, target, spacing, percentile=95)
 
 
 def assd(pred: ArrayLike, target: ArrayLike, spacing: Spacing = 1.0) -> float:
@@ -125,12 +127,4 @@ def assd(pred: ArrayLike, target: ArrayLike, spacing: Spacing = 1.0) -> float:
     Returns:
         Distance in mm; 0 if both masks are empty, +inf if exactly one is.
     """
-    pred_t, target_t = _as_mask_pair(pred, target)
-    spacing_mm = _as_spacing(spacing)
-    empty = _empty_case(pred_t, target_t, both=0.0, one=float("inf"))
-    if empty is not None:
-        return empty
-    return _monai_surface_metric(
-        compute_average_surface_distance, pred_t, target_t, include_background=True,
-        symmetric=True, spacing=spacing_mm,
-    )
+    return _surface_distance(compute_average_surface_distance, pred, target, spacing, symmetric=True)
