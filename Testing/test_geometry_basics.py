@@ -14,7 +14,8 @@ from scipy.stats import chi2
 
 from cardiocore.errors import MeshError, VolumeError
 from cardiocore.geometry import distance as distance_module
-from cardiocore.geometry.distance import point_to_mesh_distance
+from cardiocore.geometry.decimate import quadric_decimate
+from cardiocore.geometry.distance import closest_points_on_mesh, point_to_mesh_distance
 from cardiocore.geometry.laplacian import cotangent_laplacian, uniform_laplacian
 from cardiocore.geometry.mesh import (
     as_mesh,
@@ -424,16 +425,83 @@ def test_kdtree_and_brute_force_searches_agree() -> None:
     verts, faces = torus(R=4.0, r=1.5, n_major=32, n_minor=16)
     points = torch.randn(500, 3, generator=torch.Generator().manual_seed(2)) * 4
     triangles = distance_module._Triangles.from_corners(verts[faces])
-    face_bf, weights_bf = distance_module._nearest_faces_brute_force(points, triangles, 4096)
-    face_kd, weights_kd = distance_module._nearest_faces_kdtree(
-        points, verts[faces], triangles, 4096
+    face_bf = distance_module._nearest_faces_brute_force(points, triangles, 4096)
+    face_kd = distance_module._nearest_faces_kdtree(points, verts[faces], 4096)
+
+    def gap(face: torch.Tensor) -> torch.Tensor:
+        sq, _, _ = distance_module._nearest_on_triangles(
+            distance_module._components(points), triangles.select(face)
+        )
+        return sq.sqrt()
+
+    torch.testing.assert_close(gap(face_kd), gap(face_bf))
+
+
+def brute_force_face_distances(
+    points: torch.Tensor, verts: torch.Tensor, faces: torch.Tensor
+) -> torch.Tensor:
+    """Distance (P, F) from every point to every face."""
+    triangles = distance_module._Triangles.from_corners(verts[faces])
+    squared, _, _ = distance_module._nearest_on_triangles(
+        tuple(points[:, k, None] for k in range(3)), triangles
     )
+    return squared.sqrt()
 
-    def gap(face: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        barycentric = torch.cat([1 - weights.sum(dim=1, keepdim=True), weights], dim=1)
-        return (points - (barycentric[..., None] * verts[faces[face]]).sum(dim=1)).norm(dim=1)
 
-    torch.testing.assert_close(gap(face_kd, weights_kd), gap(face_bf, weights_bf))
+def decimated_torus() -> tuple[torch.Tensor, torch.Tensor]:
+    """Torus decimated to 300 vertices: faces of very different sizes and shapes."""
+    verts, faces = torus(R=20.0, r=8.0, n_major=48, n_minor=24)
+    coarse = quadric_decimate(verts.double(), faces, 300)
+    return coarse.verts, coarse.faces
+
+
+@pytest.mark.parametrize("mesh", ["torus", "decimated torus"])
+def test_closest_points_face_index_agrees_with_brute_force(mesh: str) -> None:
+    if mesh == "torus":
+        verts, faces = torus(R=20.0, r=8.0, n_major=24, n_minor=12)
+        verts = verts.double()
+    else:
+        verts, faces = decimated_torus()
+    generator = torch.Generator().manual_seed(8)
+    on_surface, _, _ = sample_surface(verts, faces, 300, generator=generator)
+    points = torch.cat([
+        on_surface + torch.randn(300, 3, generator=generator, dtype=torch.float64) * 2.0,
+        torch.randn(100, 3, generator=generator, dtype=torch.float64) * 30.0,  # far and inside
+    ])
+    result = closest_points_on_mesh(points, verts, faces)
+    all_distances = brute_force_face_distances(points, verts, faces)
+    nearest = all_distances.min(dim=1)
+    torch.testing.assert_close(result.distance, nearest.values, rtol=0, atol=1e-9)
+    chosen = all_distances.gather(1, result.face_index[:, None])[:, 0]
+    torch.testing.assert_close(chosen, nearest.values, rtol=0, atol=1e-9)
+    # The face is the lowest-index nearest one: brute force agrees wherever no other is as near.
+    unique = (all_distances <= nearest.values[:, None] + 1e-9).sum(dim=1) == 1
+    assert int(unique.sum()) > 200  # the rest lie nearest an edge or corner shared by faces
+    assert torch.equal(result.face_index[unique], nearest.indices[unique])
+
+
+def test_closest_points_barycentric_weights_rebuild_closest() -> None:
+    verts, faces = decimated_torus()
+    points = torch.randn(2000, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    result = closest_points_on_mesh(points * 25.0, verts, faces)
+    assert bool((result.barycentric >= 0).all())
+    torch.testing.assert_close(result.barycentric.sum(dim=1), torch.ones(2000, dtype=torch.float64))
+    corners = verts[faces[result.face_index]]
+    rebuilt = (result.barycentric[..., None] * corners).sum(dim=1)
+    torch.testing.assert_close(rebuilt, result.closest, rtol=0, atol=1e-12)
+    torch.testing.assert_close((points * 25.0 - rebuilt).norm(dim=1), result.distance)
+
+
+def test_closest_points_barycentric_on_degenerate_face_uses_its_own_corners() -> None:
+    # Corner 2 lies between corners 0 and 1: the face is the segment from corner 0 to 1.
+    verts = torch.tensor([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    point = torch.tensor([[3.0, 2.0, 0.0]])
+    result = closest_points_on_mesh(point, verts, torch.tensor([[0, 1, 2]]))
+    expected = torch.tensor([[3.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(result.closest, expected)
+    torch.testing.assert_close(
+        result.barycentric, torch.tensor([[0.25, 0.75, 0.0]], dtype=torch.float64)
+    )
 
 
 def test_distance_gradient_points_along_the_normal() -> None:

@@ -9,7 +9,8 @@ from conftest import shared_file
 
 from cardiocore.errors import CardioInputError, MeshError, WeightsError
 from cardiocore.geometry.decimate import quadric_decimate
-from cardiocore.geometry.hierarchy import MeshHierarchy, closest_triangle_weights
+from cardiocore.geometry.distance import closest_points_on_mesh
+from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.geometry.mesh import boundary_edges, boundary_loops, mesh_edges
 from cardiocore.geometry.primitives import icosphere, torus
 from cardiocore.geometry.volume import cavity_volume_ml, enclosed_volume
@@ -86,6 +87,7 @@ def test_open_cup_keeps_its_single_rim_loop():
 
 
 def test_closest_triangle_weights_hand_computed():
+    """The corners and barycentric weights the up-sampling matrices are built from."""
     verts = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
     faces = torch.tensor([[0, 1, 2]])
     points = torch.tensor([
@@ -95,7 +97,8 @@ def test_closest_triangle_weights_hand_computed():
         [2.0, 2.0, 0.0],  # beyond the middle of edge 1-2
         [0.0, 2.0, 0.0],  # on corner 2
     ])
-    corners, weights = closest_triangle_weights(points, verts, faces)
+    nearest = closest_points_on_mesh(points.double(), verts.double(), faces)
+    corners, weights = faces[nearest.face_index], nearest.barycentric
     assert torch.equal(corners, faces.expand(5, 3))
     expected = torch.tensor([
         [0.5, 0.25, 0.25],

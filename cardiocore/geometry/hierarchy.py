@@ -19,130 +19,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from cardiocore.errors import CardioInputError, WeightsError
 from cardiocore.geometry.decimate import quadric_decimate
+from cardiocore.geometry.distance import closest_points_on_mesh
 from cardiocore.geometry.mesh import ArrayLike, as_mesh, edge_index
 from cardiocore.train.atomic import atomic_write
 
 FILE_FORMAT = "cardiocore.mesh_hierarchy"
 FILE_VERSION = 1
-_POINTS_PER_CHUNK = 4096
-_SIZE_GROUPS = 12
 _STORED_FIELDS = ("verts", "faces", "kept", "up_vertices", "up_weights")
-
-
-def _closest_point_barycentrics(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Barycentric coordinates (N, 3) of the closest point to ``p`` on triangles (a, b, c).
-
-    All inputs (N, 3) float64. Voronoi-region tests after Ericson, *Real-Time Collision
-    Detection* 5.1.5; the weights are non-negative and sum to one.
-    """
-    ab, ac = b - a, c - a
-    d1, d2 = (ab * (p - a)).sum(1), (ac * (p - a)).sum(1)
-    d3, d4 = (ab * (p - b)).sum(1), (ac * (p - b)).sum(1)
-    d5, d6 = (ab * (p - c)).sum(1), (ac * (p - c)).sum(1)
-    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        total = va + vb + vc
-        inside = np.stack([va / total, vb / total, vc / total], axis=1)
-        t_ab = d1 / (d1 - d3)
-        t_ac = d2 / (d2 - d6)
-        t_bc = (d4 - d3) / ((d4 - d3) + (d5 - d6))
-    zero = np.zeros_like(d1)
-    one = np.ones_like(d1)
-    # Highest-priority region last: vertex A, B, edge AB, vertex C, edge AC, edge BC, interior.
-    regions = [
-        (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0),
-        (vb <= 0) & (d2 >= 0) & (d6 <= 0),
-        (d6 >= 0) & (d5 <= d6),
-        (vc <= 0) & (d1 >= 0) & (d3 <= 0),
-        (d3 >= 0) & (d4 <= d3),
-        (d1 <= 0) & (d2 <= 0),
-    ]
-    weights = [
-        np.stack([zero, 1 - t_bc, t_bc], 1),
-        np.stack([1 - t_ac, zero, t_ac], 1),
-        np.stack([zero, zero, one], 1),
-        np.stack([1 - t_ab, t_ab, zero], 1),
-        np.stack([zero, one, zero], 1),
-        np.stack([one, zero, zero], 1),
-    ]
-    bary = inside
-    for region, weight in zip(regions, weights):
-        bary = np.where(region[:, None], weight, bary)
-    bary = np.clip(np.nan_to_num(bary, nan=1.0 / 3.0), 0.0, 1.0)
-    return bary / bary.sum(1, keepdims=True)
-
-
-def _face_groups_by_size(radius: np.ndarray) -> list[np.ndarray]:
-    """Face indices grouped so that radii within a group differ by at most a factor of two.
-
-    Faces smaller than 1/2^_SIZE_GROUPS of the largest share the last group.
-    """
-    largest = radius.max()
-    if largest == 0:
-        return [np.arange(radius.shape[0])]
-    with np.errstate(divide="ignore"):
-        octave = np.floor(-np.log2(radius / largest))
-    octave = np.clip(octave, 0, _SIZE_GROUPS).astype(np.int64)
-    return [np.flatnonzero(octave == k) for k in np.unique(octave)]
-
-
-def closest_triangle_weights(
-    points: ArrayLike, verts: ArrayLike, faces: ArrayLike
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closest triangle of a mesh for each point, as vertex indices and barycentric weights.
-
-    Exact: a triangle whose centroid is farther from a point than the point's nearest mesh
-    vertex plus the triangle's centroid-to-corner radius cannot be the closest one, so
-    candidates come from k-d trees over face centroids (one per octave of face size, to keep
-    the search radius tight). Ties go to the lowest face index.
-
-    Args:
-        points: query points (P, 3), mm.
-        verts: mesh vertices (V, 3), mm.
-        faces: mesh triangles (F, 3).
-
-    Returns:
-        ``vertex_index`` (P, 3) int64 corners of the closest triangle and ``weights`` (P, 3)
-        float64, non-negative, summing to 1, with ``sum_k weights[:, k] * verts[vertex_index[:, k]]``
-        the closest surface point. On CPU.
-    """
-    verts_t, faces_t = as_mesh(verts, faces)
-    query = torch.as_tensor(points).detach().cpu().double().numpy()
-    mesh_points = verts_t.detach().cpu().double().numpy()
-    tri = faces_t.cpu().numpy()
-    corners = mesh_points[tri]  # (F, 3, 3)
-    centroids = corners.mean(1)
-    radius = np.linalg.norm(corners - centroids[:, None], axis=2).max(1)
-    groups = [(ids, cKDTree(centroids[ids]), float(radius[ids].max())) for ids in _face_groups_by_size(radius)]
-    vertex_tree = cKDTree(mesh_points)
-
-    best_face = np.empty(query.shape[0], dtype=np.int64)
-    best_weights = np.empty((query.shape[0], 3))
-    for start in range(0, query.shape[0], _POINTS_PER_CHUNK):
-        chunk = query[start : start + _POINTS_PER_CHUNK]
-        nearest_vertex, _ = vertex_tree.query(chunk)
-        point_parts, face_parts = [], []
-        for ids, tree, reach in groups:
-            found = tree.query_ball_point(chunk, r=nearest_vertex * (1 + 1e-9) + reach + 1e-12)
-            point_parts.append(np.repeat(np.arange(chunk.shape[0]), [len(c) for c in found]))
-            face_parts.append(ids[np.concatenate([np.asarray(c, dtype=np.int64) for c in found])])
-        point, face = np.concatenate(point_parts), np.concatenate(face_parts)
-        a, b, c = (corners[face, k] for k in range(3))
-        bary = _closest_point_barycentrics(chunk[point], a, b, c)
-        closest = bary[:, :1] * a + bary[:, 1:2] * b + bary[:, 2:] * c
-        distance = ((closest - chunk[point]) ** 2).sum(1)
-        order = np.lexsort((face, distance, point))
-        _, first = np.unique(point[order], return_index=True)
-        pick = order[first]
-        best_face[start : start + chunk.shape[0]] = face[pick]
-        best_weights[start : start + chunk.shape[0]] = bary[pick]
-    return torch.as_tensor(tri[best_face]), torch.as_tensor(best_weights)
 
 
 def _selection_matrix(kept: torch.Tensor, n_fine: int) -> torch.Tensor:
@@ -242,10 +129,10 @@ class MeshHierarchy:
                 )
             name = f"hierarchy level {level}"
             coarse = quadric_decimate(level_verts[-1], level_faces[-1], target, name=name)
-            vertex_index, weights = closest_triangle_weights(level_verts[-1], coarse.verts, coarse.faces)
+            nearest = closest_points_on_mesh(level_verts[-1].double(), coarse.verts.double(), coarse.faces)
             kept.append(coarse.kept)
-            up_vertices.append(vertex_index)
-            up_weights.append(weights.float())
+            up_vertices.append(coarse.faces[nearest.face_index])
+            up_weights.append(nearest.barycentric.float())
             level_verts.append(coarse.verts)
             level_faces.append(coarse.faces)
         return cls(level_verts, level_faces, kept, up_vertices, up_weights)
