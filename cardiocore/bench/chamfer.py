@@ -1,41 +1,21 @@
 """Chamfer benchmarks: ours against the plain dense ``torch.cdist`` and SciPy's ``cKDTree``.
 
 Every figure is measured in the same run on the same inputs (uniform points in a 100 mm cube,
-float32). Each row is a dict with:
-
-- ``benchmark``, ``method``, ``device``, ``size`` (problem size in words);
-- ``median_s``: median wall time of ``repeats`` runs after one warm-up (CUDA synchronised);
-- ``target_s``: the project's target for this figure on the GPU (None where none is stated,
-  e.g. on CPU); printed beside the figure, never instead of it;
-- ``ratio``: this row's ``median_s`` divided by the ``median_s`` of our default method on the
-  same problem (ours = 1.0; a peer with ratio 40 is 40 times slower than ours);
-- ``peak_mb``: extra memory at the peak of one run, MiB: on CUDA ``torch.cuda.max_memory_allocated``
-  above the starting allocation; on CPU the rise of the process's peak resident set size
-  (Linux ``/proc/self/status`` VmHWM, reset before the run; None elsewhere), which also sees
-  NumPy's and SciPy's allocations;
-- ``note``: anything needed to read the row honestly (e.g. extrapolated figures).
-
-Measuring CPU memory through the resident set size fixes glibc's mmap threshold at 128 KiB for the
-rest of the process, so freed large blocks go back to the system and each run starts from a
-resident size that reflects what is really in use.
+float32), timed and measured by :mod:`cardiocore.bench.measure`; the rows follow its schema
+(``ratio``: this row's time over ours, so ours = 1.0). ``target_s`` is the project's target on the
+GPU (None where none is stated, e.g. on CPU).
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import statistics
-import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from cardiocore.bench.measure import Row, measure_methods
 from cardiocore.metrics.distance import chamfer_distance, pairwise_chamfer
-
-Row = dict[str, Any]
 
 CHAMFER_TARGET_S = {"cuda": 0.0005}
 """Target for one 10,000 x 10,000-point Chamfer distance (H100); none is stated for CPU."""
@@ -45,65 +25,6 @@ PAIRWISE_TARGET_S = {"cuda": 1.0}
 
 CPU_PAIRWISE_SHAPES = 12
 """Shapes per set actually measured for the pairwise matrix on CPU; the full size is extrapolated."""
-
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of ``repeats`` calls after one warm-up call."""
-    fn()
-    _synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _status_kib(field: str) -> int:
-    """One memory field of ``/proc/self/status`` (VmRSS, VmHWM), KiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
-
-
-def _cpu_peak_mb(fn: Callable[[], object]) -> float | None:
-    """Rise of the resident set size's high-water mark during one call, MiB.
-
-    Linux only (None elsewhere): writing 5 to ``/proc/self/clear_refs`` resets the high-water
-    mark ``VmHWM`` to the current resident size, so after the call ``VmHWM - VmRSS(before)`` is the
-    peak extra memory, whoever allocated it (torch, NumPy or SciPy's C++).
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        baseline = _status_kib("VmRSS")
-    except OSError:
-        return None
-    fn()
-    return (_status_kib("VmHWM") - baseline) / 1024
-
-
-def _peak_mb(fn: Callable[[], object], device: torch.device) -> float | None:
-    """Extra memory at the peak of one call, MiB (module docstring)."""
-    if device.type != "cuda":
-        return _cpu_peak_mb(fn)
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    start = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - start) / 2**20
 
 
 def _points(n: int, device: torch.device, seed: int, batch: Sequence[int] = ()) -> torch.Tensor:
@@ -125,34 +46,6 @@ def _kdtree_chamfer(a: torch.Tensor, b: torch.Tensor) -> float:
     return 0.5 * (float(np.mean(d_ab)) + float(np.mean(d_ba)))
 
 
-def _rows(
-    benchmark: str,
-    size: str,
-    device: torch.device,
-    methods: dict[str, Callable[[], object]],
-    repeats: int,
-    target_s: float | None,
-    notes: dict[str, str],
-) -> list[Row]:
-    """Time and measure each method; the first one is ours (ratio 1)."""
-    rows = []
-    for method, fn in methods.items():
-        rows.append({
-            "benchmark": benchmark,
-            "method": method,
-            "device": str(device),
-            "size": size,
-            "median_s": _median_seconds(fn, device, repeats),
-            "target_s": target_s,
-            "peak_mb": _peak_mb(fn, device),
-            "note": notes.get(method, ""),
-        })
-    ours = rows[0]["median_s"]
-    for row in rows:
-        row["ratio"] = row["median_s"] / ours
-    return rows
-
-
 def bench_chamfer(device: str = "cpu", n: int = 10_000, repeats: int = 5) -> list[Row]:
     """Chamfer distance between two ``n``-point sets: ours vs dense ``torch.cdist`` vs ``cKDTree``.
 
@@ -162,7 +55,7 @@ def bench_chamfer(device: str = "cpu", n: int = 10_000, repeats: int = 5) -> lis
         repeats: timed runs per method (median reported).
 
     Returns:
-        Rows as in the module docstring: ours (``chamfer_distance``, default method), on CPU
+        Rows as in :mod:`cardiocore.bench.measure`: ours (``chamfer_distance``, default method), on CPU
         also our chunked brute force, the dense ``torch.cdist`` and SciPy ``cKDTree``.
     """
     dev = torch.device(device)
@@ -177,8 +70,8 @@ def bench_chamfer(device: str = "cpu", n: int = 10_000, repeats: int = 5) -> lis
     methods["scipy cKDTree"] = lambda: _kdtree_chamfer(a, b)
     if dev.type == "cuda":
         notes["scipy cKDTree"] = "runs on the host, including the device-to-host copy"
-    return _rows("chamfer", f"{n:,} vs {n:,} points", dev, methods, repeats,
-                 CHAMFER_TARGET_S.get(dev.type), notes)
+    return measure_methods("chamfer", f"{n:,} vs {n:,} points", dev, methods, repeats,
+                           CHAMFER_TARGET_S.get(dev.type), notes)
 
 
 def _dense_pairwise(a: torch.Tensor, b: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -214,7 +107,7 @@ def bench_pairwise(
         repeats: timed runs per method.
 
     Returns:
-        Rows as in the module docstring.
+        Rows as in :mod:`cardiocore.bench.measure`.
     """
     dev = torch.device(device)
     measured = measured_shapes or (n_shapes if dev.type == "cuda" else min(n_shapes, CPU_PAIRWISE_SHAPES))
@@ -228,8 +121,8 @@ def bench_pairwise(
         notes["ours (brute force)"] = "batched torch path used on CUDA, timed on CPU"
     methods["dense torch.cdist per pair block"] = lambda: _dense_pairwise(a, b, block)
     target = PAIRWISE_TARGET_S.get(dev.type)
-    rows = _rows("pairwise chamfer", f"{measured} x {measured} shapes of {n_points:,} points", dev,
-                 methods, repeats, target if measured == n_shapes else None, notes)
+    rows = measure_methods("pairwise chamfer", f"{measured} x {measured} shapes of {n_points:,} points",
+                           dev, methods, repeats, target if measured == n_shapes else None, notes)
     if measured == n_shapes:
         return rows
     scale = (n_shapes / measured) ** 2
@@ -269,7 +162,7 @@ def bench_memory_scaling(
             methods["ours (brute force)"] = lambda: chamfer_distance(a, b, method="brute")
         if n <= dense_up_to:
             methods["dense torch.cdist"] = lambda: _dense_chamfer(a, b)
-        for row in _rows("chamfer memory scaling", f"{n:,} vs {n:,} points", dev, methods, 1, None, {}):
+        for row in measure_methods("chamfer memory scaling", f"{n:,} vs {n:,} points", dev, methods, 1):
             row["mb_per_kpoint"] = None if row["peak_mb"] is None else row["peak_mb"] / (n / 1000)
             rows.append(row)
     return rows
