@@ -1,0 +1,307 @@
+"""Mesh variational autoencoder (MeshLDM's first stage) over a quadric-decimation mesh hierarchy.
+
+Encoder: at each level ``l`` a Chebyshev graph convolution (``torch_geometric`` ``ChebConv``, K
+hops) from ``channels[l]`` to ``channels[l + 1]`` features, ELU, then pooling to level ``l + 1``
+with the hierarchy's down-sampling; the coarsest features are flattened and two linear maps give
+the posterior mean and log-variance (no activation: a full Gaussian posterior). Decoder: a linear
+map from the latent to the coarsest level, then at each level up-sampling with the hierarchy's
+barycentric up-sampling and a ChebConv back to ``channels[l]`` features (ELU except on the output).
+
+The network works on normalised shapes (:class:`cardiocore.gen.data.ShapeNormalizer`, which the
+model holds and saves); ``encode_shapes``/``decode_shapes``/``reconstruct``/``interpolate`` take
+and return millimetres in the training data's frame. Batched over (B, V, 3), on any device.
+
+Training with :class:`cardiocore.train.loop.Trainer`: ``loss_fn=VAEObjective(KLAnnealing(...))``
+on a :class:`cardiocore.gen.data.ShapeDataset`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch_geometric.nn import ChebConv
+
+from cardiocore.errors import CardioInputError
+from cardiocore.gen.data import ShapeNormalizer
+from cardiocore.geometry.hierarchy import MeshHierarchy
+
+DEFAULT_CHUNK = 256
+"""Shapes per forward pass in the millimetre-level helpers (bounds memory for large batches)."""
+
+
+class HierarchyPooling(nn.Module):
+    """A mesh hierarchy's graphs and pooling operators as module buffers (they follow ``.to``).
+
+    ``down(x, l)`` keeps the level-``l`` vertices that survive decimation (the rows of
+    ``hierarchy.down[l]``); ``up(x, l)`` gives every level-``l`` vertex the barycentric mix of
+    its closest coarse triangle (the rows of ``hierarchy.up[l]``). Both are the hierarchy's
+    sparse matrices applied as gathers, which keep autocast dtypes and need no sparse kernels.
+    """
+
+    def __init__(self, hierarchy: MeshHierarchy) -> None:
+        super().__init__()
+        self.n_vertices = hierarchy.n_vertices
+        for level in range(hierarchy.n_levels):
+            self.register_buffer(f"edge_index_{level}", hierarchy.edge_index[level].cpu().long())
+        for level in range(hierarchy.n_levels - 1):
+            self.register_buffer(f"down_index_{level}", hierarchy.kept[level].cpu().long())
+            self.register_buffer(f"up_index_{level}", hierarchy.up_vertices[level].cpu().long())
+            self.register_buffer(f"up_weight_{level}", hierarchy.up_weights[level].cpu().float())
+
+    def edge_index(self, level: int) -> torch.Tensor:
+        """PyG connectivity (2, 2E_l) of level ``level``."""
+        return getattr(self, f"edge_index_{level}")
+
+    def down(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """(B, n_l, C) -> (B, n_{l+1}, C)."""
+        return x.index_select(-2, getattr(self, f"down_index_{level}"))
+
+    def up(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """(B, n_{l+1}, C) -> (B, n_l, C)."""
+        corners = getattr(self, f"up_index_{level}")
+        weights = getattr(self, f"up_weight_{level}").to(x.dtype)
+        gathered = x.index_select(-2, corners.reshape(-1)).unflatten(-2, corners.shape)
+        return (gathered * weights.unsqueeze(-1)).sum(dim=-2)
+
+
+class MeshVAE(nn.Module):
+    """ChebConv mesh VAE; see the module docstring.
+
+    Args:
+        hierarchy: mesh hierarchy of the template, ``len(channels)`` levels (finest first).
+        channels: features per level; ``channels[0]`` must be 3 (x, y, z).
+        latent_dim: size of the latent code.
+        cheb_k: Chebyshev filter size K (hops).
+        normalizer: maps mm to network units and back; None: identity (shapes already normalised).
+
+    Buffers saved in the state dict: the graph and pooling indices, the template ``faces``
+    (F, 3), the normaliser, and ``trained_steps`` (optimizer steps counted by
+    :class:`VAEObjective`, driving KL annealing across resumed runs).
+    """
+
+    def __init__(
+        self,
+        hierarchy: MeshHierarchy,
+        channels: Sequence[int] = (3, 16, 16, 32, 32),
+        latent_dim: int = 16,
+        cheb_k: int = 6,
+        normalizer: ShapeNormalizer | None = None,
+    ) -> None:
+        super().__init__()
+        channels = [int(c) for c in channels]
+        if len(channels) != hierarchy.n_levels:
+            raise CardioInputError(
+                "channels",
+                f"gives {len(channels)} levels but the hierarchy has {hierarchy.n_levels}",
+                "build the hierarchy with len(channels) - 1 decimation factors",
+            )
+        if channels[0] != 3 or min(channels) < 1:
+            raise CardioInputError("channels", f"must start with 3 (x, y, z) and be positive, got {channels}")
+        if int(latent_dim) < 1 or int(cheb_k) < 1:
+            raise CardioInputError("latent_dim/cheb_k", f"must be positive, got {latent_dim}, {cheb_k}")
+        n_vertices = hierarchy.n_vertices[0]
+        normalizer = normalizer if normalizer is not None else ShapeNormalizer.identity(n_vertices)
+        if normalizer.mean_shape.shape[0] != n_vertices:
+            raise CardioInputError(
+                "normalizer", f"is for {normalizer.mean_shape.shape[0]} vertices, the hierarchy has {n_vertices}"
+            )
+        self.channels = channels
+        self.latent_dim = int(latent_dim)
+        self.cheb_k = int(cheb_k)
+        self.pooling = HierarchyPooling(hierarchy)
+        self.normalizer = normalizer
+        n_transitions = len(channels) - 1
+        self.encoder_convs = nn.ModuleList(
+            ChebConv(channels[level], channels[level + 1], self.cheb_k) for level in range(n_transitions)
+        )
+        self.coarse_shape = (hierarchy.n_vertices[-1], channels[-1])
+        flat = hierarchy.n_vertices[-1] * channels[-1]
+        self.to_mu = nn.Linear(flat, self.latent_dim)
+        self.to_logvar = nn.Linear(flat, self.latent_dim)
+        self.from_latent = nn.Linear(self.latent_dim, flat)
+        # decoder_convs[level] maps channels[level + 1] -> channels[level] at that level
+        self.decoder_convs = nn.ModuleList(
+            ChebConv(channels[level + 1], channels[level], self.cheb_k) for level in range(n_transitions)
+        )
+        self.activation = nn.ELU()
+        self.register_buffer("faces", hierarchy.faces[0].cpu().long())
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def n_vertices(self) -> int:
+        """Vertices of the template (level 0)."""
+        return self.pooling.n_vertices[0]
+
+    def architecture(self) -> dict[str, Any]:
+        """The JSON-compatible settings that define the network (for run configs and model cards)."""
+        return {
+            "channels": list(self.channels),
+            "latent_dim": self.latent_dim,
+            "cheb_k": self.cheb_k,
+            "n_vertices": self.pooling.n_vertices,
+        }
+
+    # ------------------------------------------------------------------ network units
+    def _batched(self, x: torch.Tensor, what: str) -> tuple[torch.Tensor, bool]:
+        if x.dim() not in (2, 3) or tuple(x.shape[-2:]) != (self.n_vertices, 3):
+            expected = f"(B, {self.n_vertices}, 3) or ({self.n_vertices}, 3)"
+            raise CardioInputError(what, f"must have shape {expected}, got {tuple(x.shape)}")
+        return (x, True) if x.dim() == 3 else (x.unsqueeze(0), False)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior of normalised shapes (B, V, 3): mean and log-variance, each (B, latent_dim).
+
+        A single shape (V, 3) gives (latent_dim,) outputs.
+        """
+        h, batched = self._batched(x, "shapes to encode")
+        for level, conv in enumerate(self.encoder_convs):
+            h = self.activation(conv(h, self.pooling.edge_index(level)))
+            h = self.pooling.down(h, level)
+        h = h.flatten(start_dim=1)
+        mu, logvar = self.to_mu(h), self.to_logvar(h)
+        return (mu, logvar) if batched else (mu[0], logvar[0])
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent codes (B, latent_dim) -> normalised shapes (B, V, 3); (latent_dim,) -> (V, 3)."""
+        if z.dim() not in (1, 2) or z.shape[-1] != self.latent_dim:
+            expected = f"(B, {self.latent_dim})"
+            raise CardioInputError("latent codes", f"must have shape {expected}, got {tuple(z.shape)}")
+        batched = z.dim() == 2
+        h = self.from_latent(z if batched else z.unsqueeze(0)).unflatten(-1, self.coarse_shape)
+        for level in reversed(range(len(self.decoder_convs))):
+            h = self.pooling.up(h, level)
+            h = self.decoder_convs[level](h, self.pooling.edge_index(level))
+            if level > 0:
+                h = self.activation(h)
+        return h if batched else h[0]
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """A sample ``mu + exp(logvar / 2) * eps`` of the posterior, differentiable in both."""
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    def forward(
+        self, x: torch.Tensor, sample: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised shapes (B, V, 3) -> (reconstruction (B, V, 3), mu, logvar (B, latent_dim)).
+
+        ``sample``: decode a posterior sample (default while training) or the mean (default in eval).
+        """
+        mu, logvar = self.encode(x)
+        use_sample = self.training if sample is None else sample
+        z = self.reparameterize(mu, logvar) if use_sample else mu
+        return self.decode(z), mu, logvar
+
+    # ------------------------------------------------------------------ millimetres
+    @torch.no_grad()
+    def encode_shapes(
+        self, verts: torch.Tensor, chunk_size: int = DEFAULT_CHUNK
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shapes in mm (B, V, 3) -> posterior mean and log-variance (B, latent_dim) on the model's device."""
+        x, batched = self._batched(torch.as_tensor(verts), "shapes to encode")
+        device = self.faces.device
+        parts = [self.encode(self.normalizer.normalize(c.to(device, torch.float32))) for c in x.split(chunk_size)]
+        mu, logvar = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return (mu, logvar) if batched else (mu[0], logvar[0])
+
+    @torch.no_grad()
+    def decode_shapes(self, z: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+        """Latent codes (B, latent_dim) -> shapes in mm (B, V, 3) in the training frame (float32)."""
+        z = torch.as_tensor(z).to(self.faces.device, torch.float32)
+        if z.dim() == 1:
+            return self.decode_shapes(z.unsqueeze(0), chunk_size)[0]
+        parts = [self.normalizer.denormalize(self.decode(c)) for c in z.split(chunk_size)]
+        return torch.cat(parts)
+
+    def reconstruct(self, verts: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+        """Shapes in mm (B, V, 3) -> their reconstructions from the posterior mean, mm."""
+        return self.decode_shapes(self.encode_shapes(verts, chunk_size)[0], chunk_size)
+
+    def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, n: int) -> torch.Tensor:
+        """``n`` shapes (n, V, 3) mm decoded at evenly spaced points from ``z0`` to ``z1`` (both included)."""
+        if int(n) < 2:
+            raise CardioInputError("n", f"an interpolation needs at least 2 shapes, got {n}")
+        z0, z1 = (torch.as_tensor(z).to(self.faces.device, torch.float32).reshape(-1) for z in (z0, z1))
+        if z0.shape != (self.latent_dim,) or z1.shape != (self.latent_dim,):
+            raise CardioInputError("z0/z1", f"must be latent codes of size {self.latent_dim}")
+        t = torch.linspace(0.0, 1.0, int(n), device=z0.device).unsqueeze(1)
+        return self.decode_shapes(torch.lerp(z0, z1, t))
+
+
+class VAELossTerms(NamedTuple):
+    """Loss terms: ``total = reconstruction + beta * kl`` (scalars)."""
+
+    total: torch.Tensor
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+
+
+def vae_loss(
+    recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float
+) -> VAELossTerms:
+    """beta-VAE loss on normalised shapes.
+
+    reconstruction: mean squared error over batch, vertices and coordinates (normalised units);
+    kl: KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dimensions, averaged over the batch.
+    Computed in float32 whatever the autocast dtype.
+    """
+    if recon.shape != target.shape:
+        raise CardioInputError("recon", f"shape {tuple(recon.shape)} differs from the target's {tuple(target.shape)}")
+    mu, logvar = mu.float(), logvar.float()
+    reconstruction = (recon.float() - target.float()).square().mean()
+    kl = (-0.5 * (1.0 + logvar - mu.square() - logvar.exp())).sum(dim=-1).mean()
+    return VAELossTerms(reconstruction + beta * kl, reconstruction, kl)
+
+
+class KLAnnealing:
+    """KL weight rising linearly from ``start`` to ``end`` over ``steps`` optimizer steps, then ``end``.
+
+    MeshLDM anneals beta from 1e-4 to 1e-3.
+    """
+
+    def __init__(self, start: float = 1e-4, end: float = 1e-3, steps: int = 1000) -> None:
+        if start < 0 or end < 0 or int(steps) < 1:
+            raise CardioInputError(
+                "KLAnnealing", f"needs start, end >= 0 and steps >= 1, got {start}, {end}, {steps}"
+            )
+        self.start, self.end, self.steps = float(start), float(end), int(steps)
+
+    def __call__(self, step: int) -> float:
+        """beta at optimizer step ``step`` (0-based)."""
+        progress = min(max(int(step), 0) / self.steps, 1.0)
+        return self.start + (self.end - self.start) * progress
+
+
+class VAEObjective:
+    """``loss_fn(model, batch)`` for :class:`cardiocore.train.loop.Trainer`.
+
+    ``batch``: normalised shapes (B, V, 3) (a :class:`cardiocore.gen.data.ShapeDataset`).
+    Returns ``(total, metrics)`` with metrics "reconstruction", "kl", "beta" and
+    "vertex_error_mm" (mean Euclidean distance per vertex between reconstruction and input, mm).
+    In training mode each call is one optimizer step: it advances the model's
+    ``trained_steps``, from which beta is taken, so resumed runs continue the annealing.
+    """
+
+    def __init__(self, annealing: KLAnnealing | None = None) -> None:
+        self.annealing = annealing or KLAnnealing()
+
+    def __call__(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        vae = getattr(model, "module", model)  # unwrap DistributedDataParallel
+        beta = self.annealing(int(vae.trained_steps))
+        recon, mu, logvar = model(batch)
+        terms = vae_loss(recon, batch, mu, logvar, beta)
+        with torch.no_grad():
+            distance = torch.linalg.vector_norm(recon.float() - batch.float(), dim=-1).mean()
+            vertex_error_mm = distance * vae.normalizer.scale.float()
+        if vae.training:
+            vae.trained_steps += 1
+        metrics = {
+            "reconstruction": terms.reconstruction,
+            "kl": terms.kl,
+            "beta": beta,
+            "vertex_error_mm": vertex_error_mm,
+        }
+        return terms.total, metrics
