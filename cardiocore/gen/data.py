@@ -30,7 +30,7 @@ from scipy.spatial import cKDTree
 from torch.utils.data import Dataset
 
 from cardiocore.errors import CardioInputError, MeshError
-from cardiocore.geometry.mesh import ArrayLike, as_mesh, face_areas
+from cardiocore.geometry.mesh import ArrayLike, as_mesh, face_areas, region_faces
 from cardiocore.geometry.volume import close_boundary, enclosed_volume
 
 PHASES = ("ED", "ES")
@@ -350,10 +350,7 @@ class ShapeCohort:
         if name not in self.regions:
             raise CardioInputError("region", f"{name!r} is not one of {sorted(self.regions)}")
         index = self.regions[name]
-        local = torch.full((self.n_vertices,), -1, dtype=torch.int64)
-        local[index] = torch.arange(index.numel())
-        faces = local[self.faces]
-        faces = faces[(faces >= 0).all(dim=1)]
+        faces = region_faces(self.faces, index, self.n_vertices)
         return verts.index_select(-2, index.to(verts.device)), faces.to(verts.device)
 
 

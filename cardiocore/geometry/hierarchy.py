@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -160,15 +161,38 @@ class MeshHierarchy:
             raise CardioInputError(f"{what} level", f"must be in [0, {len(matrices) - 1}], got {level}")
         return matrices[level]
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the hierarchy as plain tensors with ``torch.save``, atomically (temp file + os.replace)."""
-        payload = {
+    def to_dict(self) -> dict[str, Any]:
+        """The hierarchy as plain CPU tensors in a dict tagged with its format and version."""
+        return {
             "format": FILE_FORMAT,
             "version": FILE_VERSION,
             **{name: [t.cpu() for t in getattr(self, name)] for name in _STORED_FIELDS},
         }
+
+    @classmethod
+    def from_dict(cls, payload: Any, source: str = "mesh hierarchy") -> MeshHierarchy:
+        """Rebuild a hierarchy from :meth:`to_dict` output; ``source`` names it in errors.
+
+        Raises:
+            WeightsError: another format or version, or levels that do not fit together.
+        """
+        if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
+            raise WeightsError(source, "is not a cardiocore mesh-hierarchy file")
+        if payload.get("version") != FILE_VERSION:
+            raise WeightsError(
+                source,
+                f"has mesh-hierarchy version {payload.get('version')}, this cardiocore reads {FILE_VERSION}",
+                "rebuild the hierarchy or update cardiocore",
+            )
+        try:
+            return cls(*(payload[name] for name in _STORED_FIELDS))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as error:
+            raise WeightsError(source, f"holds inconsistent levels ({error})") from error
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the hierarchy as plain tensors with ``torch.save``, atomically (temp file + os.replace)."""
         with atomic_write(path) as stream:
-            torch.save(payload, stream)
+            torch.save(self.to_dict(), stream)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MeshHierarchy:
@@ -185,18 +209,7 @@ class MeshHierarchy:
             payload = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for corrupt files
             raise WeightsError(str(source), f"cannot be read as a mesh hierarchy ({error})") from error
-        if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-            raise WeightsError(str(source), "is not a cardiocore mesh-hierarchy file")
-        if payload.get("version") != FILE_VERSION:
-            raise WeightsError(
-                str(source),
-                f"has mesh-hierarchy version {payload.get('version')}, this cardiocore reads {FILE_VERSION}",
-                "rebuild the hierarchy or update cardiocore",
-            )
-        try:
-            return cls(*(payload[name] for name in _STORED_FIELDS))
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as error:
-            raise WeightsError(str(source), f"holds inconsistent levels ({error})") from error
+        return cls.from_dict(payload, str(source))
 
     def _check_levels(self) -> None:
         """Raise ValueError when the levels do not chain (list lengths, shapes, index ranges)."""

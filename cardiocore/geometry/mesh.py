@@ -208,3 +208,13 @@ def boundary_loops(faces: ArrayLike) -> list[torch.Tensor]:
 def is_closed(faces: ArrayLike) -> bool:
     """True when every edge is shared by at least two faces (no boundary)."""
     return boundary_edges(faces).shape[0] == 0
+
+
+def region_faces(faces: ArrayLike, index: ArrayLike, n_vertices: int) -> torch.Tensor:
+    """The faces (F_r, 3) int64 whose three corners lie in the vertex subset ``index`` (V_r,),
+    re-indexed into that subset (vertex ``index[k]`` becomes ``k``); ``n_vertices`` is V."""
+    index_t = torch.as_tensor(index).long().cpu()
+    local = torch.full((int(n_vertices),), -1, dtype=torch.int64)
+    local[index_t] = torch.arange(index_t.numel())
+    mapped = local[_as_faces(faces).cpu()]
+    return mapped[(mapped >= 0).all(dim=1)]
