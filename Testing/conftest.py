@@ -46,3 +46,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def tiny_gen(tmp_path_factory):
+    """A CardioGen model trained once per session on phantoms (see gen_helpers.train_tiny_model)."""
+    from gen_helpers import train_tiny_model
+
+    return train_tiny_model(tmp_path_factory.mktemp("tiny_gen"))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import shared_file
+from gen_helpers import GRID, phantom_cohort
 
 from cardiocore.errors import CardioInputError, MeshError
 from cardiocore.gen.data import (
@@ -22,22 +23,6 @@ from cardiocore.geometry.primitives import icosphere
 from cardiocore.geometry.volume import close_boundary, enclosed_volume
 from cardiocore.phantoms.lv import lv_cohort
 from cardiocore.train.loop import TrainConfig, Trainer
-
-GRID = {"n_circumferential": 16, "n_longitudinal": 8}  # 2 x 129 = 258 vertices per LV
-
-
-def phantom_cohort(n_subjects: int, seed: int = 0) -> ShapeCohort:
-    pairs = lv_cohort(n_subjects, seed=seed, **GRID)
-    meshes = [(phase.verts, phase.faces) for pair in pairs for phase in pair]
-    n_endo = pairs[0][0].endo_verts.shape[0]
-    return ShapeCohort.from_meshes(
-        meshes,
-        phases=["ED", "ES"] * n_subjects,
-        subject_ids=[f"s{i}" for i in range(n_subjects) for _ in range(2)],
-        regions={"endocardium": torch.arange(n_endo), "epicardium": torch.arange(n_endo, 2 * n_endo)},
-        clinical={"cavity_ml": [phase.cavity_ml for pair in pairs for phase in pair]},
-    )
-
 
 @pytest.fixture(scope="module")
 def cohort() -> ShapeCohort:

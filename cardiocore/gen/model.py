@@ -1,0 +1,324 @@
+"""A trained CardioGen model: one mesh VAE and its latent diffusion models, in one file.
+
+The VAE encodes every shape (ED and ES) into one latent space; on top of it sit up to three
+latent diffusion models: "ED" and "ES" (unconditional, one per phase, as in MeshLDM) and
+"conditional" (phase label plus the subject's EDV in ml and EF in %, each optional, with
+classifier-free guidance). All outputs are meshes in the training data's frame, in mm, with the
+template's vertex order and faces.
+
+Virtual subjects (:meth:`CardioGenModel.sample_pairs`): an ED shape is drawn, its EDV measured,
+and an ES shape is drawn from the conditional model given that EDV; the pair's EF then follows
+the learned joint distribution of (EDV, ESV).
+
+File format (``torch.save`` of plain tensors and JSON-like values, read with
+``weights_only=True``): ``{"format": "cardiogen-model", "format_version": 1,
+"cardiocore_version", "vae": {"architecture", "hierarchy", "state"}, "diffusion": {key:
+{"config", "state"}}, "regions", "card", "reference"}``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import cardiocore
+from cardiocore.errors import CardioInputError, WeightsError
+from cardiocore.gen.clinical import lv_shape_indices
+from cardiocore.gen.data import ShapeNormalizer
+from cardiocore.gen.diffusion import PHASE_NAMES, LatentDiffusion
+from cardiocore.gen.vae import MeshVAE
+from cardiocore.geometry.hierarchy import MeshHierarchy
+from cardiocore.geometry.mesh import region_faces
+from cardiocore.train.atomic import atomic_write
+from cardiocore.train.device import select_device
+
+FILE_FORMAT = "cardiogen-model"
+FILE_VERSION = 1
+CONDITION_NAMES = ("EDV_ml", "EF_percent")
+"""Continuous conditions of the conditional model, in this order, in their units."""
+DIFFUSION_KEYS = ("ED", "ES", "conditional")
+BUNDLED_MODEL = "cardiogen-cap"
+"""Manifest name of the default model shipped in ``Resources/Models``."""
+
+
+class CardioGenModel(nn.Module):
+    """VAE + latent diffusion models; see the module docstring.
+
+    Args:
+        vae: the trained mesh VAE (holds the template faces and the normaliser).
+        diffusion: latent diffusion models keyed "ED", "ES" and/or "conditional".
+        regions: "endocardium" and "epicardium" vertex indices (int64).
+        card: JSON-compatible model card (data, license, split, metrics...).
+        reference: clinical columns of the training cohort ((N,) arrays; "phase" holds 0 = ED,
+            1 = ES), the distribution generated shapes are compared with.
+    """
+
+    def __init__(
+        self,
+        vae: MeshVAE,
+        diffusion: Mapping[str, LatentDiffusion],
+        regions: Mapping[str, torch.Tensor],
+        card: Mapping[str, Any] | None = None,
+        reference: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(diffusion) - set(DIFFUSION_KEYS))
+        if unknown or not diffusion:
+            raise CardioInputError("diffusion", f"needs models keyed by {DIFFUSION_KEYS}, got {sorted(diffusion)}")
+        conditional = diffusion.get("conditional")
+        if conditional is not None and conditional.denoiser.n_conditions != len(CONDITION_NAMES):
+            raise CardioInputError(
+                "diffusion['conditional']", f"must take the {len(CONDITION_NAMES)} conditions {CONDITION_NAMES}"
+            )
+        self.vae = vae
+        self.diffusion = nn.ModuleDict(dict(diffusion))
+        self.regions = {name: torch.as_tensor(index).long().cpu() for name, index in regions.items()}
+        self.card = dict(card or {})
+        self.reference = {name: np.asarray(values, dtype=np.float64) for name, values in (reference or {}).items()}
+
+    # ------------------------------------------------------------------ description
+    @property
+    def faces(self) -> torch.Tensor:
+        """Template triangles (F, 3) int64 (CPU)."""
+        return self.vae.faces.cpu()
+
+    @property
+    def n_vertices(self) -> int:
+        return self.vae.n_vertices
+
+    @property
+    def latent_dim(self) -> int:
+        return self.vae.latent_dim
+
+    @property
+    def phases_available(self) -> list[str]:
+        """Phases that can be sampled: those with their own model, and both with a conditional one."""
+        if "conditional" in self.diffusion:
+            return list(PHASE_NAMES)
+        return [p for p in PHASE_NAMES if p in self.diffusion]
+
+    def surfaces(self, verts: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """One mesh (V, 3) split into {"endocardium": (verts, faces), "epicardium": (verts, faces)}."""
+        verts = torch.as_tensor(verts)
+        return {
+            name: (verts[index.to(verts.device)], region_faces(self.faces, index, self.n_vertices))
+            for name, index in self.regions.items()
+        }
+
+    def clinical(self, verts: torch.Tensor) -> dict[str, np.ndarray]:
+        """Clinical indices of meshes (N, V, 3) mm (:func:`cardiocore.gen.clinical.lv_shape_indices`)."""
+        return lv_shape_indices(verts, self.faces, self.regions)
+
+    # ------------------------------------------------------------------ latent space
+    def _device(self) -> torch.device:
+        return self.vae.faces.device
+
+    def encode(self, verts: torch.Tensor) -> torch.Tensor:
+        """Meshes (B, V, 3) mm -> posterior means (B, D) (on CPU)."""
+        return self.vae.encode_shapes(torch.as_tensor(verts))[0].cpu()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, D) -> meshes (B, V, 3) mm float32 (on CPU)."""
+        return self.vae.decode_shapes(torch.as_tensor(z)).cpu()
+
+    def reconstruct(self, verts: torch.Tensor) -> torch.Tensor:
+        """Meshes (B, V, 3) mm -> their VAE reconstructions (B, V, 3) mm (on CPU)."""
+        return self.vae.reconstruct(torch.as_tensor(verts)).cpu()
+
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, n: int) -> torch.Tensor:
+        """``n`` meshes (n, V, 3) mm evenly spaced in latent space from mesh ``a`` (V, 3) to ``b``;
+        the end points are the reconstructions of ``a`` and ``b``."""
+        za, zb = self.encode(torch.stack([torch.as_tensor(a), torch.as_tensor(b)]).float())
+        return self.vae.interpolate(za, zb, n).cpu()
+
+    # ------------------------------------------------------------------ sampling
+    def _diffusion_for(self, phase: str | None, conditioned: bool, model: str | None) -> str:
+        if model is not None:
+            if model not in self.diffusion:
+                raise CardioInputError("model", f"{model!r} is not one of this model's {sorted(self.diffusion)}")
+            return model
+        if conditioned or phase is None or phase not in self.diffusion:
+            if "conditional" not in self.diffusion:
+                wanted = "clinical targets" if conditioned else f"phase {phase!r}"
+                raise CardioInputError(
+                    "phase/conditions", f"{wanted} needs a conditional model, and this one has {sorted(self.diffusion)}"
+                )
+            return "conditional"
+        return phase
+
+    def sample(
+        self,
+        n: int,
+        phase: str | None = "ED",
+        *,
+        seed: int = 0,
+        steps: int | None = 50,
+        sampler: str = "ddim",
+        conditions: Mapping[str, Any] | None = None,
+        guidance_scale: float = 1.0,
+        model: str | None = None,
+    ) -> torch.Tensor:
+        """Generate ``n`` meshes (n, V, 3) mm float32 on CPU, on the model's current device.
+
+        phase: "ED", "ES" or None (any phase; conditional model only).
+        conditions: clinical targets by name in :data:`CONDITION_NAMES`, one value for all meshes
+            or one per mesh (e.g. ``{"EDV_ml": 150}``, ``{"EDV_ml": [120, 180]}`` for n = 2);
+            any given target uses the conditional model.
+        model: force a diffusion model ("ED", "ES", "conditional"); default: the phase's own
+            model without targets, the conditional one with targets.
+        seed: the same seed, settings and device give the same meshes.
+        """
+        if phase is not None and phase not in PHASE_NAMES:
+            raise CardioInputError("phase", f"must be one of {PHASE_NAMES} or None, got {phase!r}")
+        targets = dict(conditions or {})
+        unknown = sorted(set(targets) - set(CONDITION_NAMES))
+        if unknown:
+            raise CardioInputError("conditions", f"unknown targets {unknown}", f"use {CONDITION_NAMES}")
+        key = self._diffusion_for(phase, bool(targets), model)
+        diffusion = self.diffusion[key]
+        device = self._device()
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        if key == "conditional":
+            values = _condition_matrix(targets, n)
+            latents = diffusion.sample(
+                n, steps, sampler, phase=phase, conditions=values.to(device),
+                guidance_scale=guidance_scale, generator=generator,
+            )
+        else:
+            latents = diffusion.sample(n, steps, sampler, generator=generator)
+        return self.decode(latents)
+
+    def sample_pairs(
+        self, n: int, *, seed: int = 0, steps: int | None = 50, sampler: str = "ddim"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` virtual subjects: ED meshes (n, V, 3) and ES meshes (n, V, 3), mm.
+
+        ED shapes come from the ED model (or the conditional one); each ES shape is drawn from the
+        conditional model given its ED partner's cavity volume.
+        """
+        if "conditional" not in self.diffusion:
+            raise CardioInputError("sample_pairs", "needs a conditional model (ES given EDV)")
+        ed = self.sample(n, "ED", seed=seed, steps=steps, sampler=sampler)
+        edv = torch.as_tensor(self.clinical(ed)["cavity_ml"], dtype=torch.float32)
+        values = torch.stack([edv, torch.full_like(edv, float("nan"))], dim=1).to(self._device())
+        generator = torch.Generator(device=self._device()).manual_seed(int(seed) + 1)
+        latents = self.diffusion["conditional"].sample(
+            n, steps, sampler, phase="ES", conditions=values, generator=generator
+        )
+        return ed, self.decode(latents)
+
+    # ------------------------------------------------------------------ files
+    def to_payload(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model, as plain tensors and JSON-like values."""
+        return {
+            "format": FILE_FORMAT,
+            "format_version": FILE_VERSION,
+            "cardiocore_version": cardiocore.__version__,
+            "vae": {
+                "architecture": {k: self.vae.architecture()[k] for k in ("channels", "latent_dim", "cheb_k")},
+                "hierarchy": self._hierarchy_payload(),
+                "state": {k: v.cpu() for k, v in self.vae.state_dict().items()},
+            },
+            "diffusion": {
+                key: {"config": model.config, "state": {k: v.cpu() for k, v in model.state_dict().items()}}
+                for key, model in self.diffusion.items()
+            },
+            "regions": {k: v.cpu() for k, v in self.regions.items()},
+            "card": self.card,
+            "reference": {k: torch.as_tensor(v) for k, v in self.reference.items()},
+        }
+
+    def _hierarchy_payload(self) -> dict[str, Any]:
+        hierarchy = getattr(self.vae, "hierarchy_payload", None)
+        if hierarchy is None:
+            raise CardioInputError("vae", "was built without its mesh hierarchy; build it with CardioGenModel.build_vae")
+        return hierarchy
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the model atomically; refuses an existing file unless ``overwrite``."""
+        target = Path(path)
+        if target.exists() and not overwrite:
+            raise CardioInputError(str(target), "already exists", "choose another path or pass overwrite=True")
+        with atomic_write(target) as stream:
+            torch.save(self.to_payload(), stream)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> CardioGenModel:
+        """Read a model written by :meth:`save`, in eval mode on ``map_location``.
+
+        Raises:
+            WeightsError: missing, unreadable, another format or version, or weights that do not
+                fit their architecture.
+        """
+        source = Path(path)
+        if not source.is_file():
+            raise WeightsError(str(source), "no such CardioGen model file")
+        try:
+            payload = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for corrupt files
+            raise WeightsError(str(source), f"cannot be read as a CardioGen model ({error})") from error
+        if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
+            raise WeightsError(str(source), "is not a CardioGen model file")
+        if payload.get("format_version") != FILE_VERSION:
+            raise WeightsError(
+                str(source),
+                f"has CardioGen format version {payload.get('format_version')}, this cardiocore reads {FILE_VERSION}",
+                "retrain the model or install the cardiocore version that wrote it",
+            )
+        try:
+            model = cls.from_payload(payload, str(source))
+        except (KeyError, TypeError, RuntimeError, ValueError) as error:
+            raise WeightsError(str(source), f"holds weights that do not fit their architecture ({error})") from error
+        return model.to(map_location).eval()
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any], source: str = "CardioGen model") -> CardioGenModel:
+        """Rebuild from :meth:`to_payload` output (errors name ``source``)."""
+        vae_part = payload["vae"]
+        hierarchy = MeshHierarchy.from_dict(vae_part["hierarchy"], f"{source} (mesh hierarchy)")
+        n_vertices = hierarchy.n_vertices[0]
+        vae = build_vae(hierarchy, ShapeNormalizer.identity(n_vertices), **vae_part["architecture"])
+        vae.load_state_dict(vae_part["state"])
+        diffusion = {}
+        for key, part in payload["diffusion"].items():
+            diffusion[key] = LatentDiffusion.from_config(part["config"])
+            diffusion[key].load_state_dict(part["state"])
+        reference = {k: torch.as_tensor(v).numpy() for k, v in payload.get("reference", {}).items()}
+        return cls(vae, diffusion, payload["regions"], payload.get("card"), reference)
+
+    @classmethod
+    def from_bundled(cls, name: str = BUNDLED_MODEL, version: str | None = None, device: str = "auto") -> CardioGenModel:
+        """The model ``name`` from the bundled or user manifest (checksum verified)."""
+        from cardiocore.weights import resolve_model
+
+        return cls.load(resolve_model(name, version), select_device(device))
+
+
+def _condition_matrix(targets: Mapping[str, Any], n: int) -> torch.Tensor:
+    """(n, C) condition values in :data:`CONDITION_NAMES` order; NaN where not requested."""
+    values = torch.full((n, len(CONDITION_NAMES)), float("nan"))
+    for column, name in enumerate(CONDITION_NAMES):
+        if name not in targets:
+            continue
+        given = torch.as_tensor(targets[name], dtype=torch.float32).reshape(-1)
+        if given.numel() not in (1, n):
+            raise CardioInputError(f"conditions[{name!r}]", f"has {given.numel()} values for {n} meshes", "give 1 or n")
+        values[:, column] = given
+    return values
+
+
+def build_vae(
+    hierarchy: MeshHierarchy, normalizer: ShapeNormalizer, channels: Any = (3, 16, 16, 32, 32),
+    latent_dim: int = 16, cheb_k: int = 6,
+) -> MeshVAE:
+    """A :class:`MeshVAE` that remembers its hierarchy (needed to save it inside a model file)."""
+    vae = MeshVAE(hierarchy, channels=channels, latent_dim=latent_dim, cheb_k=cheb_k, normalizer=normalizer)
+    vae.hierarchy_payload = hierarchy.to_dict()
+    return vae

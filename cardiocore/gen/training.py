@@ -1,0 +1,370 @@
+"""Train a CardioGen model on a cohort in correspondence: the VAE, then the latent diffusion models.
+
+Stages, each a :class:`cardiocore.train.loop.Trainer` run with its own checkpoint folder under
+``out_dir`` (so an interrupted run resumes where it stopped, stage by stage):
+
+1. split the cohort by subject (train / validation / test; ED and ES of a subject together);
+2. ``vae``: the mesh VAE on the training shapes of both phases (the validation split picks the
+   best checkpoint by mean per-vertex error in mm);
+3. ``diffusion-ED``, ``diffusion-ES``: one unconditional latent diffusion model per phase on the
+   VAE's posterior means of that phase (MeshLDM);
+4. ``diffusion-conditional``: one model on all latents with the phase label and the subject's EDV
+   (ml) and EF (%) as conditions, each dropped at random for classifier-free guidance;
+5. the result, ``out_dir/model.pt`` (:class:`cardiocore.gen.model.CardioGenModel`), with a model
+   card (data, split, validation figures) and the training cohort's clinical distribution.
+
+EDV and EF come from the meshes themselves (cavity volume of the base-closed endocardium), so
+any cohort with ED and ES of the same subjects can condition on them; subjects with one phase
+only get NaN (unknown) conditions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import cardiocore
+from cardiocore.errors import CardioInputError
+from cardiocore.gen.clinical import lv_shape_indices
+from cardiocore.gen.data import ShapeCohort, ShapeDataset, ShapeNormalizer, split_by_subject
+from cardiocore.gen.denoiser import LatentDenoiser
+from cardiocore.gen.diffusion import PHASE_NAMES, LatentDataset, LatentDiffusion, latent_diffusion_loss
+from cardiocore.gen.model import CONDITION_NAMES, DIFFUSION_KEYS, CardioGenModel, build_vae
+from cardiocore.gen.vae import KLAnnealing, VAEObjective
+from cardiocore.geometry.hierarchy import MeshHierarchy
+from cardiocore.geometry.volume import cavity_volume_ml
+from cardiocore.train.checkpoint import load_checkpoint
+from cardiocore.train.loop import TrainConfig, Trainer, TrainResult
+
+GenProgress = Callable[[str, int, int, Mapping[str, float]], None]
+"""``progress(stage, step, total, metrics)`` after each optimizer step."""
+
+MODEL_FILE = "model.pt"
+MIN_TRAIN_SUBJECTS = 8
+
+
+@dataclass
+class GenTrainingSpec:
+    """Architecture and schedule of a CardioGen training run (defaults: the bundled model).
+
+    VAE: ChebConv ``channels`` per level over a quadric-decimation hierarchy (``factors``: vertex
+    reduction per level), ``latent_dim``, filter size ``cheb_k``; Adam at ``vae_lr`` with cosine
+    decay over ``vae_steps`` steps of ``vae_batch`` shapes; KL weight annealed 1e-4 -> 1e-3 over
+    the first half. ``logvar_init``: initial posterior log-variance (a narrow posterior at the
+    start keeps early training from being drowned in sampling noise; the KL term then sets it).
+    Diffusion: ``layers`` FiLM residual layers of width ``hidden``, ``timesteps`` linear-beta
+    DDPM steps, Adam at ``diffusion_lr`` with cosine decay over ``diffusion_steps`` steps of
+    ``diffusion_batch`` latents, condition dropout ``condition_dropout``.
+    """
+
+    channels: tuple[int, ...] = (3, 16, 16, 32, 32)
+    latent_dim: int = 16
+    cheb_k: int = 6
+    factors: tuple[int, ...] = (4, 4, 4, 4)
+    vae_steps: int = 6000
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
+    logvar_init: float = -6.0
+    diffusion_steps: int = 12000
+    diffusion_batch: int = 256
+    diffusion_lr: float = 1e-3
+    hidden: int = 256
+    layers: int = 6
+    timesteps: int = 1000
+    condition_dropout: float = 0.1
+    split: tuple[float, ...] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    seed: int = 0
+    models: tuple[str, ...] = DIFFUSION_KEYS
+    device: str = "auto"
+    reference_per_phase: int = 300
+
+    @classmethod
+    def tiny(cls) -> GenTrainingSpec:
+        """Seconds on a CPU, for tests and demos: small network, few steps."""
+        return cls(
+            channels=(3, 8, 8), cheb_k=3, factors=(4, 4), latent_dim=8, vae_steps=60, vae_batch=8,
+            diffusion_steps=80, diffusion_batch=32, hidden=32, layers=2, timesteps=100, reference_per_phase=20,
+        )
+
+    def scaled(self, factor: float) -> GenTrainingSpec:
+        """The same run with every step count multiplied by ``factor`` (at least 1 step)."""
+        if not factor > 0:
+            raise CardioInputError("steps scale", f"must be positive, got {factor}")
+        return dataclasses.replace(
+            self,
+            vae_steps=max(1, round(self.vae_steps * factor)),
+            diffusion_steps=max(1, round(self.diffusion_steps * factor)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_ready(dataclasses.asdict(self))
+
+
+def json_ready(value: Any) -> Any:
+    """Tuples to lists, recursively (what JSON and checkpoint configs compare equal to)."""
+    if isinstance(value, Mapping):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+@dataclass
+class TrainedGen:
+    """Outcome of :func:`train_cardiogen`: ``model`` is None when the run was stopped early."""
+
+    model_path: Path | None
+    model: CardioGenModel | None
+    splits: dict[str, ShapeCohort]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def stopped(self) -> bool:
+        return self.model is None
+
+
+def _check_cohort(cohort: ShapeCohort, spec: GenTrainingSpec) -> None:
+    if "endocardium" not in cohort.regions or "epicardium" not in cohort.regions:
+        raise CardioInputError(
+            "cohort", "needs 'endocardium' and 'epicardium' vertex regions (LV meshes with both surfaces)"
+        )
+    n_subjects = len(set(cohort.subject_ids))
+    needed = math.ceil(MIN_TRAIN_SUBJECTS / spec.split[0])
+    if n_subjects < needed:
+        raise CardioInputError(
+            "cohort",
+            f"has {n_subjects} subjects; a {spec.split[0]:.0%} training split needs at least {needed} "
+            f"(>= {MIN_TRAIN_SUBJECTS} training subjects)",
+            "add subjects",
+        )
+    missing = [key for key in spec.models if key in PHASE_NAMES and key not in cohort.phases]
+    if missing:
+        raise CardioInputError("cohort", f"has no {missing} shapes for the models {list(spec.models)}")
+
+
+def subject_conditions(cohort: ShapeCohort) -> torch.Tensor:
+    """(N, 2) conditions per item: its subject's EDV (ml) and EF (%); NaN where a phase is missing."""
+    endo_verts, endo_faces = cohort.region_mesh("endocardium", cohort.verts.double())
+    cavity = torch.tensor([cavity_volume_ml(v, endo_faces) for v in endo_verts])
+    by_subject: dict[str, dict[str, float]] = {}
+    for subject, phase, volume in zip(cohort.subject_ids, cohort.phases, cavity.tolist()):
+        by_subject.setdefault(subject, {})[phase] = volume
+    rows = []
+    for subject in cohort.subject_ids:
+        volumes = by_subject[subject]
+        edv, esv = volumes.get("ED", math.nan), volumes.get("ES", math.nan)
+        ef = 100.0 * (edv - esv) / edv if edv > 0 and not math.isnan(esv) else math.nan
+        rows.append((edv, ef))
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def _reference_distribution(cohort: ShapeCohort, per_phase: int, seed: int) -> dict[str, np.ndarray]:
+    """Clinical indices of up to ``per_phase`` training items per phase, plus "phase" (0 ED, 1 ES)."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen: list[int] = []
+    for label in PHASE_NAMES:
+        items = [i for i, p in enumerate(cohort.phases) if p == label]
+        order = torch.randperm(len(items), generator=generator)[:per_phase].tolist()
+        chosen.extend(sorted(items[k] for k in order))
+    columns = lv_shape_indices(cohort.verts[chosen], cohort.faces, cohort.regions)
+    columns["phase"] = np.array([PHASE_NAMES.index(cohort.phases[i]) for i in chosen], dtype=np.float64)
+    return columns
+
+
+class _StageRunner:
+    """Runs one Trainer stage with the shared device, progress, stop and resume settings."""
+
+    def __init__(
+        self, out_dir: Path, spec: GenTrainingSpec, resume: bool, overwrite: bool,
+        progress: GenProgress | None, should_stop: Callable[[], bool] | threading.Event | None,
+    ) -> None:
+        self.out_dir, self.spec, self.resume, self.overwrite = out_dir, spec, resume, overwrite
+        self.progress, self.should_stop = progress, should_stop
+
+    def run(
+        self, stage: str, model: torch.nn.Module, loss_fn: Callable, train: Any, val: Any,
+        steps: int, batch: int, lr: float, best_metric: str, run_config: dict[str, Any],
+    ) -> TrainResult:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr * 0.02)
+        config = TrainConfig(
+            batch_size=min(batch, len(train)),
+            max_steps=steps,
+            checkpoint_dir=self.out_dir / stage,
+            val_every=max(1, steps // 20),
+            best_metric=best_metric,
+            log_every=max(1, steps // 100),
+            seed=self.spec.seed,
+            device=self.spec.device,
+            grad_clip_norm=1.0,
+            show_progress=self.progress is None,
+            overwrite=self.overwrite,
+            run_config=json_ready(run_config),
+        )
+        callback = None
+        if self.progress is not None:
+            report = self.progress
+
+            def callback(step: int, total: int, metrics: Mapping[str, float]) -> None:
+                report(stage, step, total, metrics)
+
+        trainer = Trainer(
+            model, optimizer, loss_fn, train, val, config=config, scheduler=scheduler,
+            progress_callback=callback, should_stop=self.should_stop,
+        )
+        return trainer.fit(resume=self.resume)
+
+    def load_best(self, stage: str, model: torch.nn.Module) -> None:
+        """Load the stage's best validation checkpoint (else its last) into ``model``."""
+        folder = self.out_dir / stage
+        path = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
+        model.load_state_dict(load_checkpoint(path)["model"])
+
+
+def train_cardiogen(
+    cohort: ShapeCohort,
+    out_dir: str | os.PathLike,
+    spec: GenTrainingSpec | None = None,
+    *,
+    name: str = "user",
+    data_description: str = "",
+    data_license: str = "",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: GenProgress | None = None,
+    should_stop: Callable[[], bool] | threading.Event | None = None,
+) -> TrainedGen:
+    """Train the VAE and the latent diffusion models of ``spec.models`` on ``cohort``; see module doc.
+
+    Args:
+        cohort: LV meshes in correspondence with "endocardium"/"epicardium" regions, ED and/or ES.
+        out_dir: folder for the stage checkpoints and ``model.pt``.
+        spec: architecture and schedule (default :class:`GenTrainingSpec`).
+        name, data_description, data_license: recorded in the model card.
+        resume: continue an interrupted run from the checkpoints in ``out_dir``.
+        overwrite: replace checkpoints and a ``model.pt`` of a different run in ``out_dir``.
+        progress: ``progress(stage, step, total, metrics)`` (None: a progress bar on stderr).
+        should_stop: a callable or ``threading.Event``; when set the current stage checkpoints
+            and the function returns a :class:`TrainedGen` with ``model`` None (resume later).
+
+    Returns:
+        :class:`TrainedGen` with the model, its file, the splits and validation figures.
+    """
+    spec = spec or GenTrainingSpec()
+    unknown = sorted(set(spec.models) - set(DIFFUSION_KEYS))
+    if unknown or not spec.models:
+        raise CardioInputError("models", f"must be some of {DIFFUSION_KEYS}, got {list(spec.models)}")
+    _check_cohort(cohort, spec)
+    out = Path(out_dir)
+    model_path = out / MODEL_FILE
+    if model_path.exists() and not (resume or overwrite):
+        raise CardioInputError(str(model_path), "already exists", "pass resume/overwrite or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    parts = split_by_subject(cohort, spec.split, seed=spec.split_seed)
+    splits = dict(zip(("train", "val", "test"), parts))
+    train_set, val_set = splits["train"], splits.get("val")
+    runner = _StageRunner(out, spec, resume, overwrite, progress, should_stop)
+    run_identity = {"spec": spec.to_dict(), "n_items": len(cohort), "n_vertices": cohort.n_vertices}
+
+    torch.manual_seed(spec.seed)
+    hierarchy = MeshHierarchy.build(train_set.mean_shape(), cohort.faces, factors=spec.factors)
+    vae = build_vae(hierarchy, ShapeNormalizer.fit(train_set.verts), spec.channels, spec.latent_dim, spec.cheb_k)
+    torch.nn.init.constant_(vae.to_logvar.bias, spec.logvar_init)
+    val_shapes = ShapeDataset(val_set, vae.normalizer) if val_set is not None else None
+    result = runner.run(
+        "vae", vae, VAEObjective(KLAnnealing(1e-4, 1e-3, max(1, spec.vae_steps // 2))),
+        ShapeDataset(train_set, vae.normalizer), val_shapes, spec.vae_steps, spec.vae_batch, spec.vae_lr,
+        "val/vertex_error_mm" if val_shapes is not None else "val/loss", run_identity,
+    )
+    if result.stopped_early:
+        return TrainedGen(None, None, splits)
+    runner.load_best("vae", vae)
+    vae.eval()
+    latents = vae.encode_shapes(train_set.verts)[0].cpu()
+    val_latents = vae.encode_shapes(val_set.verts)[0].cpu() if val_set is not None else None
+    metrics: dict[str, float] = {}
+    if val_set is not None:
+        error = torch.linalg.vector_norm(vae.reconstruct(val_set.verts).cpu() - val_set.verts, dim=-1).mean()
+        metrics["val_vertex_error_mm"] = float(error)
+
+    diffusion: dict[str, LatentDiffusion] = {}
+    conditions = subject_conditions(train_set)
+    val_conditions = subject_conditions(val_set) if val_set is not None else None
+    for key in spec.models:
+        model, train_data, val_data = _diffusion_stage(
+            key, spec, latents, train_set, conditions, val_latents, val_set, val_conditions
+        )
+        result = runner.run(
+            f"diffusion-{key}", model, latent_diffusion_loss, train_data, val_data, spec.diffusion_steps,
+            spec.diffusion_batch, spec.diffusion_lr, "val/loss", {**run_identity, "model": key},
+        )
+        if result.stopped_early:
+            return TrainedGen(None, None, splits)
+        runner.load_best(f"diffusion-{key}", model)
+        diffusion[key] = model.eval()
+        if result.best_metric is not None:
+            metrics[f"val_diffusion_loss_{key}"] = float(result.best_metric)
+
+    card = {
+        "name": name,
+        "created": datetime.date.today().isoformat(),
+        "cardiocore_version": cardiocore.__version__,
+        "training_data": data_description or f"{len(set(cohort.subject_ids))} subjects",
+        "data_license": data_license,
+        "split": {
+            "fractions": list(spec.split), "seed": spec.split_seed, "by": "subject",
+            **{part: len(set(c.subject_ids)) for part, c in splits.items()},
+        },
+        "spec": spec.to_dict(),
+        "conditions": list(CONDITION_NAMES),
+        "metrics": metrics,
+    }
+    reference = _reference_distribution(train_set, spec.reference_per_phase, spec.seed)
+    trained = CardioGenModel(vae.cpu(), {k: m.cpu() for k, m in diffusion.items()}, cohort.regions, card, reference)
+    trained.save(model_path, overwrite=True)
+    return TrainedGen(model_path, trained, splits, metrics)
+
+
+def _diffusion_stage(
+    key: str,
+    spec: GenTrainingSpec,
+    latents: torch.Tensor,
+    train_set: ShapeCohort,
+    conditions: torch.Tensor,
+    val_latents: torch.Tensor | None,
+    val_set: ShapeCohort | None,
+    val_conditions: torch.Tensor | None,
+) -> tuple[LatentDiffusion, LatentDataset, LatentDataset | None]:
+    """The untrained model and its datasets for diffusion stage ``key``."""
+    conditional = key == "conditional"
+    denoiser = LatentDenoiser(
+        latent_dim=spec.latent_dim, hidden=spec.hidden, n_layers=spec.layers,
+        n_classes=len(PHASE_NAMES) if conditional else 0,
+        n_conditions=len(CONDITION_NAMES) if conditional else 0,
+        num_train_timesteps=spec.timesteps,
+    )
+    model = LatentDiffusion(denoiser, condition_dropout=spec.condition_dropout if conditional else 0.0)
+
+    def dataset(z: torch.Tensor, cohort: ShapeCohort, values: torch.Tensor) -> LatentDataset:
+        phase = torch.tensor([PHASE_NAMES.index(p) for p in cohort.phases])
+        if conditional:
+            return LatentDataset(z, phase, values)
+        chosen = phase == PHASE_NAMES.index(key)
+        return LatentDataset(z[chosen])
+
+    train_data = dataset(latents, train_set, conditions)
+    model.fit_normalisation(train_data.latents, conditions if conditional else None)
+    val_data = dataset(val_latents, val_set, val_conditions) if val_set is not None else None
+    return model, train_data, val_data
+
