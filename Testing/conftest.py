@@ -11,6 +11,12 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CARDIOSHAPE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
+if (os.cpu_count() or 1) <= 2 and "OMP_NUM_THREADS" not in os.environ:
+    # On two cores torch's second OpenMP thread mostly spins against pytest's own work (and against
+    # subprocess trainers): one thread ran the winding-number tests 4x faster on the CI-sized machine.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

@@ -538,3 +538,36 @@ class ShapeDataset(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.shapes[index]
+
+
+def infer_lv_regions(verts: ArrayLike, faces: ArrayLike) -> dict[str, torch.Tensor]:
+    """Endocardium and epicardium of an LV mesh made of two separate surfaces (V, 3) mm.
+
+    The surfaces are the two connected components of the face graph; the one enclosing the
+    smaller base-closed volume is the endocardium.
+
+    Raises:
+        MeshError: the mesh does not consist of exactly two connected surfaces.
+    """
+    verts_t, faces_t = as_mesh(verts, faces, name="LV mesh")
+    n = verts_t.shape[0]
+    rows = faces_t[:, [0, 1, 2]].reshape(-1).numpy()
+    cols = faces_t[:, [1, 2, 0]].reshape(-1).numpy()
+    graph = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
+    count, component = connected_components(graph, directed=False)
+    used = np.unique(faces_t.numpy())
+    parts = [np.intersect1d(np.flatnonzero(component == c), used) for c in range(count)]
+    parts = [p for p in parts if p.size]
+    if len(parts) != 2:
+        raise MeshError(
+            "LV mesh",
+            f"has {len(parts)} connected surfaces; endocardium and epicardium need exactly 2",
+            "give the regions explicitly (a 'region' point array: 0 endocardium, 1 epicardium)",
+        )
+    volumes = []
+    for part in parts:
+        index = torch.as_tensor(part, dtype=torch.int64)
+        closed = close_boundary(verts_t[index].double(), region_faces(faces_t, index, n))
+        volumes.append(abs(float(enclosed_volume(*closed))))
+    endo, epi = (parts[0], parts[1]) if volumes[0] < volumes[1] else (parts[1], parts[0])
+    return {"endocardium": torch.as_tensor(endo, dtype=torch.int64), "epicardium": torch.as_tensor(epi, dtype=torch.int64)}

@@ -32,7 +32,7 @@ import slicer
 import torch
 
 from cardiocore.errors import CardioInputError, MeshError
-from cardiocore.gen.data import ShapeCohort
+from cardiocore.gen.data import ShapeCohort, infer_lv_regions
 from cardiocore.mrml.app import slicer_app
 from cardiocore.mrml.models import model_to_mesh
 from cardiocore.mrml.polydata import Mesh, mesh_from_polydata, polydata_from_mesh, to_numpy
@@ -234,8 +234,16 @@ def _cohort(meshes: Sequence[Mesh], phases: list[str], what: str) -> ShapeCohort
         phases=phases,
         subject_ids=[subject_from_name(name) for name in names],
         item_names=names,
-        regions=regions_from_point_data(meshes, what),
+        regions=regions_from_point_data(meshes, what) or _regions_from_components(meshes[0]),
     )
+
+
+def _regions_from_components(mesh: Mesh) -> dict[str, torch.Tensor]:
+    """Endocardium/epicardium from the template's two connected surfaces; {} when it has not two."""
+    try:
+        return infer_lv_regions(mesh.verts, mesh.faces)
+    except MeshError:
+        return {}
 
 
 def regions_from_point_data(meshes: Sequence[Mesh], what: str) -> dict[str, torch.Tensor]:
