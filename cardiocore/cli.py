@@ -5,6 +5,9 @@ Subcommands:
     cardio demo --out DIR       every module that exists, on the embedded defaults -> DIR/scene.mrb,
                                 PNG renderings, DIR/report.json and DIR/report.md
     cardio bench core           geometry/metric benchmarks, each beside its target and a peer
+    cardio gen train|sample|eval|interpolate
+                                CardioGen: train on a cohort, generate LV meshes, evaluate, interpolate
+    cardio bench gen            CardioGen sampling speed, fast samplers vs 1000-step DDPM
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Sequence
 
 from cardiocore import __version__
 from cardiocore.errors import CardioInputError
+from cardiocore.gen.cli import add_gen_bench, add_gen_commands
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -67,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not the figures")
     core.add_argument("--json", help="also write the rows to this JSON file")
     core.set_defaults(handler=_cmd_bench)
+    add_gen_bench(suites)
+    add_gen_commands(commands)
     return parser
 
 

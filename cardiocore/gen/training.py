@@ -53,6 +53,15 @@ MODEL_FILE = "model.pt"
 MIN_TRAIN_SUBJECTS = 8
 
 
+VAE_FIELDS = (
+    "channels", "latent_dim", "cheb_k", "factors", "vae_steps", "vae_batch", "vae_lr", "logvar_init",
+    "split", "split_seed", "seed",
+)
+DIFFUSION_FIELDS = (
+    "diffusion_steps", "diffusion_batch", "diffusion_lr", "hidden", "layers", "timesteps", "condition_dropout",
+)
+
+
 @dataclass
 class GenTrainingSpec:
     """Architecture and schedule of a CardioGen training run (defaults: the bundled model).
@@ -78,7 +87,7 @@ class GenTrainingSpec:
     diffusion_steps: int = 12000
     diffusion_batch: int = 256
     diffusion_lr: float = 1e-3
-    hidden: int = 256
+    hidden: int = 128
     layers: int = 6
     timesteps: int = 1000
     condition_dropout: float = 0.1
@@ -109,6 +118,13 @@ class GenTrainingSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return json_ready(dataclasses.asdict(self))
+
+    def stage_identity(self, stage: str) -> dict[str, Any]:
+        """The settings that decide stage ``stage``'s result ("vae" or "diffusion"); a diffusion
+        stage also depends on the VAE's. Other settings may change without invalidating it."""
+        fields = list(VAE_FIELDS) if stage == "vae" else [*VAE_FIELDS, *DIFFUSION_FIELDS]
+        values = self.to_dict()
+        return {name: values[name] for name in fields}
 
 
 def json_ready(value: Any) -> Any:
@@ -275,7 +291,7 @@ def train_cardiogen(
     splits = dict(zip(("train", "val", "test"), parts))
     train_set, val_set = splits["train"], splits.get("val")
     runner = _StageRunner(out, spec, resume, overwrite, progress, should_stop)
-    run_identity = {"spec": spec.to_dict(), "n_items": len(cohort), "n_vertices": cohort.n_vertices}
+    data_identity = {"n_items": len(cohort), "n_vertices": cohort.n_vertices}
 
     torch.manual_seed(spec.seed)
     hierarchy = MeshHierarchy.build(train_set.mean_shape(), cohort.faces, factors=spec.factors)
@@ -285,7 +301,8 @@ def train_cardiogen(
     result = runner.run(
         "vae", vae, VAEObjective(KLAnnealing(1e-4, 1e-3, max(1, spec.vae_steps // 2))),
         ShapeDataset(train_set, vae.normalizer), val_shapes, spec.vae_steps, spec.vae_batch, spec.vae_lr,
-        "val/vertex_error_mm" if val_shapes is not None else "val/loss", run_identity,
+        "val/vertex_error_mm" if val_shapes is not None else "val/loss",
+        {**data_identity, "spec": spec.stage_identity("vae")},
     )
     if result.stopped_early:
         return TrainedGen(None, None, splits)
@@ -307,7 +324,8 @@ def train_cardiogen(
         )
         result = runner.run(
             f"diffusion-{key}", model, latent_diffusion_loss, train_data, val_data, spec.diffusion_steps,
-            spec.diffusion_batch, spec.diffusion_lr, "val/loss", {**run_identity, "model": key},
+            spec.diffusion_batch, spec.diffusion_lr, "val/loss",
+            {**data_identity, "spec": spec.stage_identity("diffusion"), "model": key},
         )
         if result.stopped_early:
             return TrainedGen(None, None, splits)

@@ -275,6 +275,19 @@ def _template_mesh(model: CardioGenModel, node: Any) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- evaluate
+def evaluate_folder_meshes(generated_dir: str | os.PathLike, reference_dir: str | os.PathLike) -> dict[str, Any]:
+    """:func:`cardiocore.gen.evaluate.evaluate_generated` on two folders of meshes (a JSON-ready dict);
+    clinical figures when the generated meshes carry the region array."""
+    generated = read_folder_meshes(generated_dir)
+    reference = read_folder_meshes(reference_dir)
+    regions = regions_from_point_data(generated, f"folder {generated_dir}")
+    return evaluate_generated(
+        [mesh.verts for mesh in generated], [mesh.verts for mesh in reference], generated[0].faces,
+        regions or None, reference_faces=reference[0].faces,
+        generated_names=[mesh.name for mesh in generated], reference_names=[mesh.name for mesh in reference],
+    )
+
+
 def evaluate_folders(
     generated_dir: str | os.PathLike, reference_dir: str | os.PathLike, name: str = "CardioGen evaluation"
 ) -> Any:
@@ -286,14 +299,7 @@ def evaluate_folders(
         CardioInputError / MeshError: missing folders, unreadable files, or meshes of different
             topology (named).
     """
-    generated = read_folder_meshes(generated_dir)
-    reference = read_folder_meshes(reference_dir)
-    regions = regions_from_point_data(generated, f"folder {generated_dir}")
-    result = evaluate_generated(
-        [mesh.verts for mesh in generated], [mesh.verts for mesh in reference], generated[0].faces,
-        regions or None, reference_faces=reference[0].faces,
-        generated_names=[mesh.name for mesh in generated], reference_names=[mesh.name for mesh in reference],
-    )
+    result = evaluate_folder_meshes(generated_dir, reference_dir)
     checks = result["checks"]
     return columns_to_table(
         {

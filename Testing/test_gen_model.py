@@ -1,0 +1,183 @@
+"""CardioGen end to end on phantoms: training stages, the model file, sampling in the data's frame,
+conditions, virtual subjects, stop/resume, bad input, and the ``cardio gen`` commands."""
+
+from __future__ import annotations
+
+import csv
+import threading
+
+import numpy as np
+import pytest
+import torch
+from gen_helpers import phantom_cohort, train_tiny_model
+
+from cardiocore.cli import main
+from cardiocore.errors import CardioInputError, WeightsError
+from cardiocore.gen.clinical import CLINICAL_COLUMNS, lv_shape_indices, pair_ejection_fraction
+from cardiocore.gen.model import CardioGenModel
+from cardiocore.gen.training import GenTrainingSpec, subject_conditions, train_cardiogen
+
+
+def test_training_learns_and_writes_a_complete_model(tiny_gen):
+    model = tiny_gen.model
+    assert tiny_gen.model_path.is_file() and sorted(model.diffusion) == ["ED", "ES", "conditional"]
+    test = tiny_gen.splits["test"]
+    train = tiny_gen.splits["train"]
+    assert not set(test.subject_ids) & set(train.subject_ids)
+    error = torch.linalg.vector_norm(model.reconstruct(test.verts) - test.verts, dim=-1).mean()
+    baseline = torch.linalg.vector_norm(train.mean_shape() - test.verts, dim=-1).mean()
+    assert float(error) < 0.8 * float(baseline)  # the VAE beats the mean shape on unseen subjects
+    assert model.card["split"]["by"] == "subject" and model.card["metrics"]["val_vertex_error_mm"] > 0
+    assert set(CLINICAL_COLUMNS) <= set(model.reference) and set(np.unique(model.reference["phase"])) == {0.0, 1.0}
+
+
+def test_model_file_round_trip_and_bad_files(tiny_gen, tmp_path):
+    loaded = CardioGenModel.load(tiny_gen.model_path)
+    z = torch.randn(3, loaded.latent_dim)
+    torch.testing.assert_close(loaded.decode(z), tiny_gen.model.decode(z))
+    with pytest.raises(CardioInputError, match="already exists"):
+        loaded.save(tiny_gen.model_path)
+    with pytest.raises(WeightsError, match="no such"):
+        CardioGenModel.load(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(tiny_gen.model_path.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match="cannot be read"):
+        CardioGenModel.load(corrupt)
+    payload = loaded.to_payload()
+    payload["format_version"] = 99
+    future = tmp_path / "future.pt"
+    torch.save(payload, future)
+    with pytest.raises(WeightsError, match="format version 99"):
+        CardioGenModel.load(future)
+
+
+def test_samples_are_in_the_data_frame_and_seeded(tiny_gen):
+    model, train = tiny_gen.model, tiny_gen.splits["train"]
+    samples = model.sample(16, "ED", seed=3)
+    assert samples.shape == (16, train.n_vertices, 3) and samples.dtype == torch.float32
+    assert torch.equal(samples, model.sample(16, "ED", seed=3))
+    assert not torch.equal(samples, model.sample(16, "ED", seed=4))
+    real_ed = train.phase("ED").verts
+    # generated meshes sit where the real ones are, at their size, in mm (not normalised units)
+    mean_gap = torch.linalg.vector_norm(samples.mean(dim=0) - real_ed.mean(dim=0), dim=-1).mean()
+    spread = torch.linalg.vector_norm(real_ed - real_ed.mean(dim=0), dim=-1).mean()
+    assert float(mean_gap) < float(spread)
+    extent_ratio = (samples.amax(dim=1) - samples.amin(dim=1)).mean() / (real_ed.amax(dim=1) - real_ed.amin(dim=1)).mean()
+    assert 0.8 < float(extent_ratio) < 1.25
+    volumes = model.clinical(samples)["cavity_ml"]
+    real = lv_shape_indices(real_ed, train.faces, train.regions)["cavity_ml"]
+    assert real.min() * 0.5 < np.median(volumes) < real.max() * 1.5
+
+
+def test_conditions_per_mesh_and_virtual_subjects(tiny_gen):
+    model = tiny_gen.model
+    both = model.sample(2, "ED", conditions={"EDV_ml": [80.0, 160.0]}, seed=1)
+    assert both.shape[0] == 2
+    with pytest.raises(CardioInputError, match="3 values for 2 meshes"):
+        model.sample(2, "ED", conditions={"EDV_ml": [1.0, 2.0, 3.0]})
+    with pytest.raises(CardioInputError, match="unknown targets"):
+        model.sample(2, "ED", conditions={"LVEF": 50})
+    ed, es = model.sample_pairs(6, seed=2)
+    assert ed.shape == es.shape == (6, model.n_vertices, 3)
+    ef = pair_ejection_fraction(model.clinical(ed)["cavity_ml"], model.clinical(es)["cavity_ml"])
+    assert ef.shape == (6,) and np.isfinite(ef).all()
+
+
+def test_subject_conditions_are_measured_on_the_meshes():
+    cohort = phantom_cohort(3)
+    values = subject_conditions(cohort)
+    cavity = cohort.clinical["cavity_ml"].float()
+    torch.testing.assert_close(values[0::2, 0], cavity[0::2], rtol=1e-4, atol=0)  # EDV of each subject
+    ef = 100 * (cavity[0::2] - cavity[1::2]) / cavity[0::2]
+    torch.testing.assert_close(values[1::2, 1], ef, rtol=1e-4, atol=1e-4)  # EF repeated on the ES item
+
+
+def test_interpolation_ends_are_reconstructions(tiny_gen):
+    model, test = tiny_gen.model, tiny_gen.splits["test"]
+    frames = model.interpolate(test.verts[0], test.verts[1], 5)
+    ends = model.reconstruct(test.verts[:2])
+    assert frames.shape == (5, model.n_vertices, 3)
+    torch.testing.assert_close(frames[[0, -1]], ends, atol=1e-4, rtol=1e-4)
+
+
+def test_stopped_training_resumes_to_the_same_model(tmp_path):
+    cohort = phantom_cohort(12)
+    spec = GenTrainingSpec.tiny()
+    spec.models = ("ED",)
+    straight = train_cardiogen(cohort, tmp_path / "straight", spec, progress=lambda *a: None)
+    stop = threading.Event()
+
+    def stop_in_diffusion(stage, step, total, metrics):
+        if stage.startswith("diffusion") and step == 20:
+            stop.set()
+
+    first = train_cardiogen(cohort, tmp_path / "resumed", spec, progress=stop_in_diffusion, should_stop=stop)
+    assert first.stopped and not (tmp_path / "resumed" / "model.pt").exists()
+    second = train_cardiogen(cohort, tmp_path / "resumed", spec, resume=True, progress=lambda *a: None)
+    z = torch.randn(4, spec.latent_dim)
+    torch.testing.assert_close(second.model.decode(z), straight.model.decode(z))
+    torch.testing.assert_close(
+        second.model.sample(4, "ED", seed=0, steps=10), straight.model.sample(4, "ED", seed=0, steps=10)
+    )
+
+
+def test_bad_cohorts_are_refused(tmp_path):
+    with pytest.raises(CardioInputError, match="has 4 subjects"):
+        train_cardiogen(phantom_cohort(4), tmp_path / "few", GenTrainingSpec.tiny())
+    cohort = phantom_cohort(12)
+    no_regions = cohort.subset(range(len(cohort)))
+    no_regions.regions = {}
+    with pytest.raises(CardioInputError, match="endocardium"):
+        train_cardiogen(no_regions, tmp_path / "regions", GenTrainingSpec.tiny())
+    with pytest.raises(CardioInputError, match="models"):
+        train_cardiogen(cohort, tmp_path / "models", GenTrainingSpec(models=("LA",)))
+    assert not (tmp_path / "few").exists()
+
+
+def test_refuses_to_replace_a_finished_model(tiny_gen):
+    with pytest.raises(CardioInputError, match="already exists"):
+        train_cardiogen(phantom_cohort(12), tiny_gen.model_path.parent, GenTrainingSpec.tiny())
+
+
+def test_cli_sample_writes_meshes_and_clinical_csv(app, tiny_gen, tmp_path, capsys):
+    out = tmp_path / "samples"
+    args = ["gen", "sample", "--model", str(tiny_gen.model_path), "--phase", "ES", "--n", "3", "--seed", "5",
+            "--steps", "10", "--out", str(out)]
+    assert main(args) == 0
+    files = sorted(p.name for p in out.glob("*.vtk"))
+    assert files == ["lv_ES_0000.vtk", "lv_ES_0001.vtk", "lv_ES_0002.vtk"]
+    with open(out / "clinical.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    expected = tiny_gen.model.clinical(tiny_gen.model.sample(3, "ES", seed=5, steps=10))["cavity_ml"]
+    np.testing.assert_allclose([float(r["cavity_ml"]) for r in rows], expected, rtol=1e-3)
+    assert main(args) == 2  # nothing overwritten without --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_cli_train_tiny_from_a_folder(app, tmp_path, capsys):
+    from cardiocore.mrml.mesh_folders import region_labels, write_mesh_folder
+
+    cohort = phantom_cohort(10)
+    names = [f"{s}_{p}" for s, p in zip(cohort.subject_ids, cohort.phases)]
+    labels = region_labels(cohort.regions, cohort.n_vertices)
+    meshes = [(n, v.numpy(), cohort.faces.numpy()) for n, v in zip(names, cohort.verts)]
+    write_mesh_folder(tmp_path / "cohort", meshes, point_data={"region": labels})
+    out = tmp_path / "run"
+    assert main(["gen", "train", "--data", str(tmp_path / "cohort"), "--out", str(out), "--tiny",
+                 "--models", "ED", "--progress", "json"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert '"stage": "vae"' in lines[0] and any('"stage": "diffusion-ED"' in line for line in lines)
+    assert CardioGenModel.load(out / "model.pt").phases_available == ["ED"]
+
+
+def test_lv_regions_inferred_from_the_two_surfaces():
+    from cardiocore.gen.data import infer_lv_regions
+    from cardiocore.errors import MeshError
+
+    cohort = phantom_cohort(2)
+    regions = infer_lv_regions(cohort.verts[0], cohort.faces)
+    for name in ("endocardium", "epicardium"):
+        assert torch.equal(regions[name], cohort.regions[name])
+    endo_faces = cohort.region_mesh("endocardium", cohort.verts[0])[1]
+    with pytest.raises(MeshError, match="1 connected surfaces"):
+        infer_lv_regions(cohort.verts[0][cohort.regions["endocardium"]], endo_faces)
