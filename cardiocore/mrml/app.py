@@ -202,9 +202,19 @@ def _observe_subject_hierarchy(app: SlicerApp) -> None:
         for index in range(scene.GetNumberOfNodes()):
             _add_subject_hierarchy_item(scene, scene.GetNthNode(index))
 
+    def on_node_removed(caller: Any, event: str, node: Any) -> None:
+        # Slicer's subject-hierarchy plugin drops a data node's item with the node; headless we do
+        hierarchy = scene.GetSubjectHierarchyNode()
+        item = hierarchy.GetItemByDataNode(node) if hierarchy is not None and node is not None else 0
+        if item:
+            hierarchy.RemoveItem(item, False, False)
+
+    on_node_removed.CallDataType = vtk.VTK_OBJECT
+
     scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, on_node_added)
+    scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, on_node_removed)
     scene.AddObserver(slicer.vtkMRMLScene.EndImportEvent, on_import_ended)
-    app._keep_alive += [on_node_added, on_import_ended]
+    app._keep_alive += [on_node_added, on_node_removed, on_import_ended]
 
 
 def _publish_on_slicer_module(app: SlicerApp) -> None:
