@@ -181,3 +181,29 @@ def test_lv_regions_inferred_from_the_two_surfaces():
     endo_faces = cohort.region_mesh("endocardium", cohort.verts[0])[1]
     with pytest.raises(MeshError, match="1 connected surfaces"):
         infer_lv_regions(cohort.verts[0][cohort.regions["endocardium"]], endo_faces)
+
+
+def test_decode_retries_smaller_chunks_on_out_of_memory(tiny_gen, monkeypatch):
+    model = tiny_gen.model
+    z = torch.randn(8, model.latent_dim)
+    expected = model.decode(z)
+    original = model.vae.decode_shapes
+    seen = []
+
+    def flaky(latents, chunk_size=256):
+        seen.append(chunk_size)
+        if chunk_size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(latents, chunk_size)
+
+    monkeypatch.setattr(model.vae, "decode_shapes", flaky)
+    with pytest.warns(UserWarning, match="retrying"):
+        torch.testing.assert_close(model.decode(z, chunk_size=8), expected)
+    assert seen == [8, 4, 2]
+
+    def always(latents, chunk_size=256):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(model.vae, "decode_shapes", always)
+    with pytest.warns(UserWarning), pytest.raises(CardioInputError, match="--device cpu"):
+        model.decode(z, chunk_size=2)

@@ -19,6 +19,7 @@ File format (``torch.save`` of plain tensors and JSON-like values, read with
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from cardiocore.errors import CardioInputError, WeightsError
 from cardiocore.gen.clinical import lv_shape_indices
 from cardiocore.gen.data import ShapeNormalizer
 from cardiocore.gen.diffusion import PHASE_NAMES, LatentDiffusion
-from cardiocore.gen.vae import MeshVAE
+from cardiocore.gen.vae import DEFAULT_CHUNK, MeshVAE
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.geometry.mesh import region_faces
 from cardiocore.train.atomic import atomic_write
@@ -123,9 +124,23 @@ class CardioGenModel(nn.Module):
         """Meshes (B, V, 3) mm -> posterior means (B, D) (on CPU)."""
         return self.vae.encode_shapes(torch.as_tensor(verts))[0].cpu()
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (B, D) -> meshes (B, V, 3) mm float32 (on CPU)."""
-        return self.vae.decode_shapes(torch.as_tensor(z)).cpu()
+    def decode(self, z: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+        """Latents (B, D) -> meshes (B, V, 3) mm float32 (on CPU).
+
+        On CUDA out of memory the chunk of meshes decoded at once is halved (down to 1) with a
+        warning; only then does it fail, with advice.
+        """
+        while True:
+            try:
+                return self.vae.decode_shapes(torch.as_tensor(z), chunk_size).cpu()
+            except torch.OutOfMemoryError as error:
+                torch.cuda.empty_cache()
+                if chunk_size == 1:
+                    raise CardioInputError(
+                        "device", f"ran out of GPU memory decoding one mesh ({error})", "use --device cpu"
+                    ) from error
+                chunk_size = max(1, chunk_size // 2)
+                warnings.warn(f"CUDA out of memory while decoding: retrying {chunk_size} meshes at a time", stacklevel=2)
 
     def reconstruct(self, verts: torch.Tensor) -> torch.Tensor:
         """Meshes (B, V, 3) mm -> their VAE reconstructions (B, V, 3) mm (on CPU)."""

@@ -239,7 +239,14 @@ class _StageRunner:
             model, optimizer, loss_fn, train, val, config=config, scheduler=scheduler,
             progress_callback=callback, should_stop=self.should_stop,
         )
-        return trainer.fit(resume=self.resume)
+        try:
+            return trainer.fit(resume=self.resume)
+        except torch.OutOfMemoryError as error:
+            raise CardioInputError(
+                f"training stage {stage!r}",
+                f"ran out of GPU memory with batches of {config.batch_size} ({error})",
+                "train with --device cpu (resume with --resume), or on a GPU with more memory",
+            ) from error
 
     def load_best(self, stage: str, model: torch.nn.Module) -> None:
         """Load the stage's best validation checkpoint (else its last) into ``model``."""
