@@ -1,0 +1,133 @@
+"""CardioReconstruct fit mode: the bundled template, its builder, and fits on the heart phantom
+(Dice per structure on an oblique anisotropic grid; a planted penetration removed by MIE)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from cardiocore.errors import CardioInputError
+from cardiocore.geometry.mesh import is_closed, vertex_normals
+from cardiocore.geometry.volume import enclosed_volume
+from cardiocore.geometry.voxelize import voxelize_mesh
+from cardiocore.metrics.overlap import dice
+from cardiocore.metrics.violation import volume_violation_rate
+from cardiocore.phantoms.heart import heart_label_phantom
+from cardiocore.recon.fit import fit_template
+from cardiocore.recon.rules import RuleSet
+from cardiocore.recon.template import HeartTemplate, default_template_path, load_template, main
+
+# Measured with the default FitWeights on the oblique phantom below (seed 3, 100 steps, one
+# thread): Dice 0.992 LV cavity, 0.961 myocardium, 0.971 RV, 0.999 LA, 0.995 RA, 0.943 aorta,
+# 0.989 pulmonary artery. The myocardium is a ~10 mm wall sampled by ~2.2 mm voxels, so a
+# sub-voxel shift of either face costs it more Dice than the cavities; the aorta is the
+# structure that differs most from the template and converges last. Thresholds: measured - 0.03.
+DICE_MIN = {"lv_cavity": 0.96, "lv_myocardium": 0.93, "rv": 0.94, "la": 0.96, "ra": 0.96,
+            "aorta": 0.91, "pulmonary_artery": 0.95}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The fits run ~10x slower with two torch threads on a shared, busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def template() -> HeartTemplate:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def oblique_phantom():
+    """The seeded phantom on an oblique, anisotropic 2.0 x 2.4 x 2.25 mm grid."""
+    direction = Rotation.from_euler("xyz", [20, -15, 30], degrees=True).as_matrix()
+    return heart_label_phantom(shape=(72, 60, 64), spacing=(2.0, 2.4, 2.25), direction=direction, seed=3)
+
+
+def test_bundled_template_is_small_watertight_and_outward(template: HeartTemplate) -> None:
+    assert default_template_path().stat().st_size < 1_000_000
+    assert template.names == RuleSet.default().names
+    for name in template.names:
+        verts, faces = template.mesh(name)
+        assert 600 <= verts.shape[0] <= 1500
+        assert is_closed(faces)
+        assert float(enclosed_volume(verts.double(), faces)) > 0
+    verts, faces, region = template.merged()
+    assert verts.shape[0] == region.shape[0] == sum(v.shape[0] for v in template.verts)
+    assert torch.equal(torch.bincount(region), torch.tensor([v.shape[0] for v in template.verts]))
+    assert bool((region[faces[:, 0]] == region[faces[:, 1]]).all())  # faces never span structures
+
+
+def test_builder_cli_makes_a_closed_outward_template_and_never_overwrites(tmp_path) -> None:
+    phantom = heart_label_phantom(shape=(40, 40, 40), spacing=(3.6, 3.6, 3.6), seed=1)
+    labels_path, out = tmp_path / "labels.npz", tmp_path / "template.npz"
+    np.savez(labels_path, labels=phantom.labels, ijk_to_ras=phantom.ijk_to_ras)
+    args = ["--labels", str(labels_path), "--out", str(out), "--vertices", "300", "--spacing-mm", "3"]
+    assert main(args) == 0
+    built = load_template(out)
+    assert built.names == RuleSet.default().names
+    for verts, faces in zip(built.verts, built.faces, strict=True):
+        assert is_closed(faces) and float(enclosed_volume(verts.double(), faces)) > 0
+    assert main(args) == 2  # exists: refused
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_fit_reaches_the_dice_targets_on_an_oblique_anisotropic_phantom(oblique_phantom, template) -> None:
+    rules = RuleSet.default()
+    seen: list[int] = []
+    result = fit_template(oblique_phantom.labels, oblique_phantom.ijk_to_ras, rules, template, steps=100,
+                          progress=lambda step, total, terms: seen.append(step))
+    assert seen == list(range(1, 101)) and not result.cancelled and result.missing == ()
+    scores = {}
+    for name, (verts, faces) in zip(result.names, result.meshes(), strict=True):
+        assert torch.equal(faces, template.mesh(name)[1])  # template topology
+        mask = voxelize_mesh(verts, faces, oblique_phantom.labels.shape, oblique_phantom.ijk_to_ras)
+        scores[name] = dice(mask, oblique_phantom.labels == rules.structure(name).label)
+    assert all(scores[n] >= DICE_MIN[n] for n in DICE_MIN), scores
+
+
+def _bulge(verts: torch.Tensor, faces: torch.Tensor, towards: torch.Tensor, height_mm: float, radius_mm: float) -> torch.Tensor:
+    """Push the surface outward along its normals in a Gaussian bump around the vertex nearest
+    to ``towards``."""
+    centre = verts[int((verts - towards).norm(dim=1).argmin())]
+    weight = torch.exp(-((verts - centre).norm(dim=1) / radius_mm) ** 2)
+    return verts + height_mm * weight[:, None] * vertex_normals(verts, faces)
+
+
+def test_fit_with_mie_removes_a_planted_penetration(template: HeartTemplate) -> None:
+    # Only the LV: cavity and wall (every other structure is missing from the labels).
+    phantom = heart_label_phantom(shape=(56, 56, 56), spacing=(2.5, 2.5, 2.5), seed=5)
+    labels = np.where(np.isin(phantom.labels, (1, 2)), phantom.labels, 0)
+    cavity, wall = template.mesh("lv_cavity"), template.mesh("lv_myocardium")
+    # Plant: the cavity pokes 12 mm out through the lateral wall.
+    lateral = cavity[0].mean(dim=0) + 60.0 * (cavity[0].mean(dim=0) - template.mesh("rv")[0].mean(dim=0)).div(
+        (cavity[0].mean(dim=0) - template.mesh("rv")[0].mean(dim=0)).norm())
+    planted_cavity = _bulge(cavity[0], cavity[1], lateral, 12.0, 12.0)
+    planted = HeartTemplate(("lv_cavity", "lv_myocardium"), (planted_cavity, wall[0]), (cavity[1], wall[1]))
+    generator = torch.Generator().manual_seed(0)
+    before = float(volume_violation_rate(planted_cavity, cavity[1], *wall, n_points=4000, generator=generator))
+    assert before > 0.02
+
+    # Measured: VR 12.6 % planted; after 80 steps 0.4-0.7 % with MIE (three VR estimates), while
+    # the same fit without MIE leaves 2.3-2.6 % (the two surfaces share the endocardium).
+    result = fit_template(labels, phantom.ijk_to_ras, RuleSet.default(), planted, steps=80)
+    assert result.names == ("lv_cavity", "lv_myocardium") and "rv" in result.missing
+    (cav_v, cav_f), (wall_v, wall_f) = result.meshes()
+    after = float(volume_violation_rate(cav_v, cav_f, wall_v, wall_f, n_points=12000, generator=generator))
+    assert after <= 0.01, (before, after)
+
+
+def test_fit_errors_and_cancel(template: HeartTemplate) -> None:
+    phantom = heart_label_phantom(shape=(32, 32, 32), spacing=(4.5, 4.5, 4.5), seed=2)
+    with pytest.raises(CardioInputError, match="no structure of the rule set"):
+        fit_template(np.where(phantom.labels > 0, 99, 0), phantom.ijk_to_ras, RuleSet.default(), template)
+    with pytest.raises(CardioInputError, match="steps"):
+        fit_template(phantom.labels, phantom.ijk_to_ras, RuleSet.default(), template, steps=0)
+    result = fit_template(phantom.labels, phantom.ijk_to_ras, RuleSet.default(), template, should_stop=lambda: True)
+    assert result.cancelled and result.losses["total"] == []
+    assert all(is_closed(f) for f in result.faces)
