@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 from cardiocore.cli import main
 from cardiocore.errors import CardioInputError
@@ -39,6 +40,19 @@ def test_report_figures_match_the_phantom_truth(demo: tuple[Path, dict]) -> None
     assert "| LV cavity |" in (out / "report.md").read_text()
 
 
+def test_cardiogen_part_generates_plausible_ventricles(demo: tuple[Path, dict]) -> None:
+    """The bundled CAP model's samples have adult LV volumes and mass, ES smaller than ED on average."""
+    out, report = demo
+    gen = report["cardiogen"]
+    assert gen["model"] == "cardiogen-cap"
+    for phase, (low, high) in {"ED": (60.0, 300.0), "ES": (15.0, 200.0)}.items():
+        volumes = gen[f"cavity_{phase}_ml"]
+        assert len(volumes) == 4 and all(low < v < high for v in volumes), (phase, volumes)
+        assert all(50.0 < m < 300.0 for m in gen[f"myocardial_mass_{phase}_g"])
+    assert sum(gen["cavity_ES_ml"]) < sum(gen["cavity_ED_ml"])
+    assert "## CardioGen (cardiogen-cap)" in (out / "report.md").read_text()
+
+
 FRESH_PROCESS_LOAD = """
 import json, sys
 from cardiocore.mrml.app import slicer_app
@@ -65,7 +79,7 @@ def test_scene_bundle_loads_into_a_fresh_scene(demo: tuple[Path, dict]) -> None:
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert {node["name"] for node in report["nodes"]} <= set(loaded["names"])
-    assert loaded["segments"] == 7 and loaded["sequences"] == 1 and loaded["same_topology"]
+    assert loaded["segments"] == 7 and loaded["sequences"] == 2 and loaded["same_topology"]
 
 
 def test_demo_never_overwrites_without_being_asked(demo: tuple[Path, dict]) -> None:
@@ -81,6 +95,9 @@ def test_cli_info(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["device"] == "cpu" or info["cuda_available"]
-    assert info["packages"]["torch"] and info["bundled_models"] == []
+    manifest = json.loads((REPO_ROOT / "Resources" / "Models" / "models.json").read_text())
+    listed = {(m["name"], m["version"]) for m in manifest["models"]}
+    assert info["packages"]["torch"] and {(m["name"], m["version"]) for m in info["bundled_models"]} == listed
+    assert ("cardiogen-cap", "1.0.0") in listed
     assert main(["info"]) == 0
     assert "cardiocore" in capsys.readouterr().out

@@ -8,10 +8,13 @@ truth (``cardiocore.phantoms``):
    with label-volume vs surface-volume figures;
 2. a left ventricle at end-diastole and end-systole (one topology), as model nodes, a table node of
    clinical indices measured on the meshes beside the phantom's prescribed values, and a sequence
-   node animating ED -> ES.
+   node animating ED -> ES;
+3. CardioGen with the bundled model: a few generated ED and ES left ventricles (each phase in its
+   subject-hierarchy folder with its clinical table and cavity-volume chart) and a latent
+   interpolation between the smallest and the largest generated ED ventricle, as a sequence.
 
 Outputs in ``DIR``: ``scene.mrb`` (opens in 3D Slicer), ``heart.png``, ``lv_ed_es.png``,
-``report.json`` and ``report.md``. Existing files are never replaced unless ``overwrite=True``; all
+``cardiogen.png``, ``report.json`` and ``report.md``. Existing files are never replaced unless ``overwrite=True``; all
 files are written to a temporary folder first and moved into place at the end.
 """
 
@@ -29,13 +32,15 @@ from scipy.spatial.transform import Rotation
 
 from cardiocore.errors import CardioInputError
 
-DEMO_FILES = ("scene.mrb", "heart.png", "lv_ed_es.png", "report.json", "report.md")
+DEMO_FILES = ("scene.mrb", "heart.png", "lv_ed_es.png", "cardiogen.png", "report.json", "report.md")
 
 #: Demo grid: 1.6 x 1.6 x 2.4 mm voxels, rotated 20 degrees about S and 10 degrees about R.
 DEMO_SPACING_MM = (1.6, 1.6, 2.4)
 DEMO_ROTATION_DEG = (10.0, 0.0, 20.0)
 DEMO_LV = {"edv_ml": 140.0, "ef_percent": 60.0, "wall_thickness_mm": 10.0}
 ED_TO_ES_FRAMES = 10
+GEN_SAMPLES_PER_PHASE = 4
+GEN_INTERPOLATION_FRAMES = 8
 
 
 def _check_output_folder(out: Path, overwrite: bool) -> None:
@@ -143,6 +148,39 @@ def _lv_part(workdir: Path, seed: int, progress: Callable[[str], None]) -> dict[
     return {"measured": {k: round(float(v), 3) for k, v in measured.items()}, "prescribed": prescribed}
 
 
+def _cardiogen_part(workdir: Path, seed: int, progress: Callable[[str], None], model: Any = None) -> dict[str, Any]:
+    from cardiocore.gen.model import CardioGenModel
+    from cardiocore.gen.plots import shape_grid
+    from cardiocore.mrml.gen import generate_to_scene, interpolate_to_sequence
+
+    model = model if model is not None else CardioGenModel.from_bundled(device="cpu")
+    progress(f"CardioGen ({model.card.get('name', 'model')}): ED and ES samples, clinical tables, an interpolation")
+    generated = {
+        phase: generate_to_scene(model, GEN_SAMPLES_PER_PHASE, phase, seed=seed, folder_name=f"CardioGen {phase}")
+        for phase in ("ED", "ES")
+    }
+    figures: dict[str, Any] = {"model": model.card.get("name"), "samples_per_phase": GEN_SAMPLES_PER_PHASE}
+    meshes = []
+    for phase, nodes in generated.items():
+        cavity = [nodes.table_node.GetTable().GetValueByName(row, "cavity_ml").ToDouble()
+                  for row in range(nodes.table_node.GetNumberOfRows())]
+        mass = [nodes.table_node.GetTable().GetValueByName(row, "myocardial_mass_g").ToDouble()
+                for row in range(nodes.table_node.GetNumberOfRows())]
+        figures[f"cavity_{phase}_ml"] = [round(v, 1) for v in cavity]
+        figures[f"myocardial_mass_{phase}_g"] = [round(v, 1) for v in mass]
+        meshes += [(phase, volume, node) for volume, node in zip(cavity, nodes.model_nodes)]
+    ed = sorted((volume, node) for phase, volume, node in meshes if phase == "ED")
+    interpolate_to_sequence(model, ed[0][1], ed[-1][1], GEN_INTERPOLATION_FRAMES, name="CardioGen ED interpolation")
+    figures["interpolation"] = {"from": ed[0][1].GetName(), "to": ed[-1][1].GetName(), "frames": GEN_INTERPOLATION_FRAMES}
+    from cardiocore.mrml.models import model_to_mesh
+
+    shape_grid(
+        np.stack([model_to_mesh(node).verts for _, _, node in meshes]), model.faces.numpy(), workdir / "cardiogen.png",
+        ncols=GEN_SAMPLES_PER_PHASE, titles=[f"{phase} {volume:.0f} ml" for phase, volume, _ in meshes],
+    )
+    return figures
+
+
 def _markdown(report: dict[str, Any]) -> str:
     heart, lv = report["heart"], report["lv"]
     lines = [
@@ -165,6 +203,12 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     lines += ["", "## Left ventricle, ED and ES", "", "![lv](lv_ed_es.png)", "", "| index | measured | prescribed |", "|---|---|---|"]
     lines += [f"| {k} | {v} | {lv['prescribed'].get(k, '')} |" for k, v in lv["measured"].items()]
+    gen = report["cardiogen"]
+    lines += ["", f"## CardioGen ({gen['model']})", "", "![cardiogen](cardiogen.png)", "",
+              "| phase | cavity volumes (ml) | myocardial mass (g) |", "|---|---|---|"]
+    lines += [f"| {p} | {gen[f'cavity_{p}_ml']} | {gen[f'myocardial_mass_{p}_g']} |" for p in ("ED", "ES")]
+    lines += ["", f"Latent interpolation {gen['interpolation']['from']} -> {gen['interpolation']['to']} "
+              f"({gen['interpolation']['frames']} frames) in the sequence 'CardioGen ED interpolation'."]
     lines += ["", "## Scene", "", "`scene.mrb` holds: " + ", ".join(f"{n['name']} ({n['class']})" for n in report["nodes"]) + "."]
     return "\n".join(lines) + "\n"
 
@@ -178,8 +222,13 @@ def _scene_nodes(scene: Any) -> list[dict[str, str]]:
     return nodes
 
 
-def run_demo(out: Path, seed: int = 0, overwrite: bool = False, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Build the demo scene into ``out`` and return the report dictionary."""
+def run_demo(
+    out: Path, seed: int = 0, overwrite: bool = False, progress: Callable[[str], None] = print, gen_model: Any = None
+) -> dict[str, Any]:
+    """Build the demo scene into ``out`` and return the report dictionary.
+
+    ``gen_model``: the CardioGen model to show (default: the bundled one).
+    """
     from cardiocore import __version__
     from cardiocore.mrml.app import slicer_app
     from cardiocore.mrml.storage import save_scene
@@ -195,6 +244,7 @@ def run_demo(out: Path, seed: int = 0, overwrite: bool = False, progress: Callab
         report: dict[str, Any] = {"cardiocore": __version__, "seed": seed}
         report["heart"] = _heart_part(workdir, seed, progress)
         report["lv"] = _lv_part(workdir, seed, progress)
+        report["cardiogen"] = _cardiogen_part(workdir, seed, progress, gen_model)
         progress("saving scene.mrb")
         save_scene(workdir / "scene.mrb")
         report["nodes"] = _scene_nodes(app.scene)
