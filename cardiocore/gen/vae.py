@@ -67,6 +67,36 @@ class HierarchyPooling(nn.Module):
         return (gathered * weights.unsqueeze(-1)).sum(dim=-2)
 
 
+def chebyshev_conv(conv: ChebConv, x: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
+    """``conv(x, edge_index)`` for batched node features (B, N, C_in) -> (B, N, C_out), with the
+    conv's scaled Laplacian (:func:`scaled_laplacian`) applied as one sparse (N, N) matrix to all
+    B x C feature columns at once. Same result as PyG's message passing, which materialises a
+    (B, 2E, C) message tensor per hop; several times faster for batches of meshes."""
+    batch, n, channels = x.shape
+
+    def hop(h: torch.Tensor) -> torch.Tensor:
+        columns = h.transpose(0, 1).reshape(n, -1).float()  # sparse products in float32 under autocast too
+        product = torch.sparse.mm(laplacian, columns).to(h.dtype)
+        return product.reshape(n, batch, -1).transpose(0, 1)
+
+    tx0, out = x, conv.lins[0](x)
+    if len(conv.lins) > 1:
+        tx1 = hop(x)
+        out = out + conv.lins[1](tx1)
+        for lin in conv.lins[2:]:
+            tx2 = 2.0 * hop(tx1) - tx0
+            out = out + lin(tx2)
+            tx0, tx1 = tx1, tx2
+    return out + conv.bias if conv.bias is not None else out
+
+
+def scaled_laplacian(conv: ChebConv, edge_index: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """The conv's rescaled graph Laplacian ``2 L / lambda_max - I`` (as PyG computes it for this
+    conv) as a sparse COO (N, N) float32 matrix, row = receiving node."""
+    index, weight = conv.__norm__(edge_index, n_nodes, None, conv.normalization, None, dtype=torch.float32)
+    return torch.sparse_coo_tensor(index.flip(0), weight, (n_nodes, n_nodes), check_invariants=True).coalesce()
+
+
 class MeshVAE(nn.Module):
     """ChebConv mesh VAE; see the module docstring.
 
@@ -129,6 +159,18 @@ class MeshVAE(nn.Module):
         self.activation = nn.ELU()
         self.register_buffer("faces", hierarchy.faces[0].cpu().long())
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.int64))
+        self._laplacians: dict[tuple[str, int, str], torch.Tensor] = {}
+
+    def _laplacian(self, side: str, level: int) -> torch.Tensor:
+        """Sparse scaled Laplacian of a conv at ``level`` on the model's device, built once and cached
+        (not a buffer: it is derived from the saved graph, so state dicts stay as they were)."""
+        device = self.faces.device
+        key = (side, level, str(device))
+        if key not in self._laplacians:
+            conv = (self.encoder_convs if side == "encoder" else self.decoder_convs)[level]
+            edges = self.pooling.edge_index(level)
+            self._laplacians[key] = scaled_laplacian(conv, edges, self.pooling.n_vertices[level]).to(device)
+        return self._laplacians[key]
 
     @property
     def n_vertices(self) -> int:
@@ -158,7 +200,7 @@ class MeshVAE(nn.Module):
         """
         h, batched = self._batched(x, "shapes to encode")
         for level, conv in enumerate(self.encoder_convs):
-            h = self.activation(conv(h, self.pooling.edge_index(level)))
+            h = self.activation(chebyshev_conv(conv, h, self._laplacian("encoder", level)))
             h = self.pooling.down(h, level)
         h = h.flatten(start_dim=1)
         mu, logvar = self.to_mu(h), self.to_logvar(h)
@@ -173,7 +215,7 @@ class MeshVAE(nn.Module):
         h = self.from_latent(z if batched else z.unsqueeze(0)).unflatten(-1, self.coarse_shape)
         for level in reversed(range(len(self.decoder_convs))):
             h = self.pooling.up(h, level)
-            h = self.decoder_convs[level](h, self.pooling.edge_index(level))
+            h = chebyshev_conv(self.decoder_convs[level], h, self._laplacian("decoder", level))
             if level > 0:
                 h = self.activation(h)
         return h if batched else h[0]
