@@ -8,6 +8,8 @@ Subcommands:
     cardio gen train|sample|eval|interpolate
                                 CardioGen: train on a cohort, generate LV meshes, evaluate, interpolate
     cardio bench gen            CardioGen sampling speed, fast samplers vs 1000-step DDPM
+    cardio recon fit|eval       CardioReconstruct: template fit to a label map, quality metrics
+    cardio bench recon          CardioReconstruct ablation: MIE vs surface-only vs occupancy-only vs marching cubes
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Sequence
 from cardiocore import __version__
 from cardiocore.errors import CardioInputError
 from cardiocore.gen.cli import add_gen_bench, add_gen_commands
+from cardiocore.recon.cli import add_recon_bench, add_recon_commands
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -72,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_argument("--json", help="also write the rows to this JSON file")
     core.set_defaults(handler=_cmd_bench)
     add_gen_bench(suites)
+    add_recon_bench(suites)
     add_gen_commands(commands)
+    add_recon_commands(commands)
     return parser
 
 
