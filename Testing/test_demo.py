@@ -53,6 +53,12 @@ def test_cardiogen_part_generates_plausible_ventricles(demo: tuple[Path, dict]) 
     assert "## CardioGen (cardiogen-cap)" in (out / "report.md").read_text()
 
 
+def test_recon_part_fits_every_structure(demo: tuple[Path, dict]) -> None:
+    recon = demo[1]["recon"]
+    assert len(recon["dice"]) == 7 and min(recon["dice"].values()) > 0.7 and recon["all_watertight"]
+    assert recon["max_vr_percent"] < 2.0
+
+
 FRESH_PROCESS_LOAD = """
 import json, sys
 from cardiocore.mrml.app import slicer_app

@@ -11,10 +11,12 @@ truth (``cardiocore.phantoms``):
    node animating ED -> ES;
 3. CardioGen with the bundled model: a few generated ED and ES left ventricles (each phase in its
    subject-hierarchy folder with its clinical table and cavity-volume chart) and a latent
-   interpolation between the smallest and the largest generated ED ventricle, as a sequence.
+   interpolation between the smallest and the largest generated ED ventricle, as a sequence;
+4. CardioReconstruct: the multi-chamber template fitted (MIE loss) to a phantom segmentation, as
+   model nodes, a segmentation made from the meshes and tables of volumes and quality figures.
 
 Outputs in ``DIR``: ``scene.mrb`` (opens in 3D Slicer), ``heart.png``, ``lv_ed_es.png``,
-``cardiogen.png``, ``report.json`` and ``report.md``. Existing files are never replaced unless ``overwrite=True``; all
+``cardiogen.png``, ``recon.png``, ``report.json`` and ``report.md``. Existing files are never replaced unless ``overwrite=True``; all
 files are written to a temporary folder first and moved into place at the end.
 """
 
@@ -32,7 +34,7 @@ from scipy.spatial.transform import Rotation
 
 from cardiocore.errors import CardioInputError
 
-DEMO_FILES = ("scene.mrb", "heart.png", "lv_ed_es.png", "cardiogen.png", "report.json", "report.md")
+DEMO_FILES = ("scene.mrb", "heart.png", "lv_ed_es.png", "cardiogen.png", "recon.png", "report.json", "report.md")
 
 #: Demo grid: 1.6 x 1.6 x 2.4 mm voxels, rotated 20 degrees about S and 10 degrees about R.
 DEMO_SPACING_MM = (1.6, 1.6, 2.4)
@@ -209,6 +211,13 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [f"| {p} | {gen[f'cavity_{p}_ml']} | {gen[f'myocardial_mass_{p}_g']} |" for p in ("ED", "ES")]
     lines += ["", f"Latent interpolation {gen['interpolation']['from']} -> {gen['interpolation']['to']} "
               f"({gen['interpolation']['frames']} frames) in the sequence 'CardioGen ED interpolation'."]
+    recon = report["recon"]
+    lines += ["", "## CardioReconstruct (template fit with the MIE loss)", "", "![recon](recon.png)", "",
+              "| structure | Dice |", "|---|---|"]
+    lines += [f"| {name} | {dice} |" for name, dice in recon["dice"].items()]
+    lines += ["", f"Max violation rate {recon['max_vr_percent']} % (surface {recon['max_svr_percent']} %), "
+              f"all watertight: {recon['all_watertight']}, self-intersecting face pairs: "
+              f"{recon['self_intersections']}; {recon['steps']} steps, {recon['seconds']} s."]
     lines += ["", "## Scene", "", "`scene.mrb` holds: " + ", ".join(f"{n['name']} ({n['class']})" for n in report["nodes"]) + "."]
     return "\n".join(lines) + "\n"
 
@@ -231,6 +240,7 @@ def run_demo(
     """
     from cardiocore import __version__
     from cardiocore.mrml.app import slicer_app
+    from cardiocore.mrml.recon import recon_demo_part
     from cardiocore.mrml.storage import save_scene
 
     out = Path(out).resolve()
@@ -245,6 +255,7 @@ def run_demo(
         report["heart"] = _heart_part(workdir, seed, progress)
         report["lv"] = _lv_part(workdir, seed, progress)
         report["cardiogen"] = _cardiogen_part(workdir, seed, progress, gen_model)
+        report["recon"] = recon_demo_part(workdir, seed, progress)
         progress("saving scene.mrb")
         save_scene(workdir / "scene.mrb")
         report["nodes"] = _scene_nodes(app.scene)
