@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from gen_helpers import phantom_cohort, train_tiny_model
+from gen_helpers import phantom_cohort
 
 from cardiocore.cli import main
 from cardiocore.errors import CardioInputError, WeightsError

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import threading
@@ -228,13 +229,8 @@ class _StageRunner:
             overwrite=self.overwrite,
             run_config=json_ready(run_config),
         )
-        callback = None
-        if self.progress is not None:
-            report = self.progress
-
-            def callback(step: int, total: int, metrics: Mapping[str, float]) -> None:
-                report(stage, step, total, metrics)
-
+        report = self.progress
+        callback = None if report is None else functools.partial(report, stage)
         trainer = Trainer(
             model, optimizer, loss_fn, train, val, config=config, scheduler=scheduler,
             progress_callback=callback, should_stop=self.should_stop,
