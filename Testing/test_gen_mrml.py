@@ -137,7 +137,8 @@ def test_cohort_folder_errors_name_folder_and_files(app, tmp_path):
         cohort_from_folder(folder, phases={"b.vtk": "ES", "c.vtk": "ED", "d.vtk": "ES"})
     cohort = cohort_from_folder(folder, phases={"b.vtk": "ES", "c.vtk": "ED"})
     assert cohort.phases == ["ED", "ES", "ED"] and cohort.subject_ids == ["a", "b", "c"]
-    assert cohort.regions == {}  # no region array in these files
+    # no region array in these files: endocardium/epicardium come from the two connected surfaces
+    assert cohort.regions["endocardium"].numel() + cohort.regions["epicardium"].numel() == cohort.n_vertices
 
 
 def test_topology_mismatch_in_a_folder_names_the_files(app, tmp_path):

@@ -66,10 +66,13 @@ def write_manifest(folder: Path, entries: list[dict], schema_version: int = 1) -
     return path
 
 
-def test_shipped_manifest_is_valid_empty_and_documents_every_field(monkeypatch):
+def test_shipped_manifest_is_valid_and_its_weights_verify(monkeypatch, tmp_path):
     monkeypatch.delenv("CARDIOSHAPE_RESOURCES", raising=False)
+    monkeypatch.setenv("CARDIOSHAPE_CACHE", str(tmp_path))
     manifest = load_manifest()
-    assert manifest["schema_version"] == 1 and manifest["models"] == []
+    assert manifest["schema_version"] == 1 and manifest["models"]
+    for entry in manifest["models"]:  # every bundled file is present and matches its SHA-256
+        assert resolve_model(entry["name"], entry["version"]).name == entry["file"]
     raw = json.loads((REPO_ROOT / "Resources" / "Models" / "models.json").read_text())
     assert set(raw["fields"]) == set(ENTRY_FIELDS)
 
