@@ -68,14 +68,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from cardiocore.bench.recon import format_table
     from cardiocore.recon.evaluate import ROW_COLUMNS, evaluate_meshes
     from cardiocore.recon.rules import resolve_rule_set
-    from cardiocore.recon.template import read_label_map
+    from cardiocore.mrml.storage import read_node
+    from cardiocore.mrml.volumes import volume_to_array
     from cardiocore.train.atomic import atomic_write
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CardioInputError(str(out), "already exists", "pass --overwrite or choose another file")
     rules = resolve_rule_set(args.structures)
-    labels, ijk_to_ras = read_label_map(args.labels)
+    labels, ijk_to_ras = volume_to_array(read_node(args.labels, kind="labelmap"))  # the reader `recon fit` uses
     meshes = _read_structure_meshes(Path(args.meshes), rules.names)
     label_of = {s.name: s.label for s in rules.structures}
     metrics = evaluate_meshes(meshes, labels, ijk_to_ras, label_of, rules)
