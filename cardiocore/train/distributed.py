@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cardiocore.errors import CardioInputError
 from cardiocore.train.device import select_device
+
+GLOO_DRAIN_SECONDS = 0.2
+"""Pause (GIL released) between the final barrier and destroying a process group; see teardown."""
 
 
 @dataclass(frozen=True)
@@ -159,4 +163,9 @@ def teardown(context: DistributedContext, wait: bool = True) -> None:
     if context.owns_group and dist.is_initialized():
         if wait:
             barrier(context)
+            # Gloo's worker thread frees finished collectives and needs the GIL to do so; the
+            # group's destructor (also run later, when DDP's reducer is collected at exit) joins
+            # that thread while holding the GIL. Letting the thread drain first avoids the
+            # deadlock seen (rank 1 hung at exit under load, PyTorch 2.13).
+            time.sleep(GLOO_DRAIN_SECONDS)
         dist.destroy_process_group()
