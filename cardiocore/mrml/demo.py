@@ -154,6 +154,8 @@ def _cardiogen_part(workdir: Path, seed: int, progress: Callable[[str], None], m
     from cardiocore.gen.model import CardioGenModel
     from cardiocore.gen.plots import shape_grid
     from cardiocore.mrml.gen import generate_to_scene, interpolate_to_sequence
+    from cardiocore.mrml.models import model_to_mesh
+    from cardiocore.mrml.tables import table_to_columns
 
     model = model if model is not None else CardioGenModel.from_bundled(device="cpu")
     progress(f"CardioGen ({model.card.get('name', 'model')}): ED and ES samples, clinical tables, an interpolation")
@@ -164,18 +166,14 @@ def _cardiogen_part(workdir: Path, seed: int, progress: Callable[[str], None], m
     figures: dict[str, Any] = {"model": model.card.get("name"), "samples_per_phase": GEN_SAMPLES_PER_PHASE}
     meshes = []
     for phase, nodes in generated.items():
-        cavity = [nodes.table_node.GetTable().GetValueByName(row, "cavity_ml").ToDouble()
-                  for row in range(nodes.table_node.GetNumberOfRows())]
-        mass = [nodes.table_node.GetTable().GetValueByName(row, "myocardial_mass_g").ToDouble()
-                for row in range(nodes.table_node.GetNumberOfRows())]
+        columns = table_to_columns(nodes.table_node)
+        cavity, mass = columns["cavity_ml"].tolist(), columns["myocardial_mass_g"].tolist()
         figures[f"cavity_{phase}_ml"] = [round(v, 1) for v in cavity]
         figures[f"myocardial_mass_{phase}_g"] = [round(v, 1) for v in mass]
         meshes += [(phase, volume, node) for volume, node in zip(cavity, nodes.model_nodes)]
     ed = sorted((volume, node) for phase, volume, node in meshes if phase == "ED")
     interpolate_to_sequence(model, ed[0][1], ed[-1][1], GEN_INTERPOLATION_FRAMES, name="CardioGen ED interpolation")
     figures["interpolation"] = {"from": ed[0][1].GetName(), "to": ed[-1][1].GetName(), "frames": GEN_INTERPOLATION_FRAMES}
-    from cardiocore.mrml.models import model_to_mesh
-
     shape_grid(
         np.stack([model_to_mesh(node).verts for _, _, node in meshes]), model.faces.numpy(), workdir / "cardiogen.png",
         ncols=GEN_SAMPLES_PER_PHASE, titles=[f"{phase} {volume:.0f} ml" for phase, volume, _ in meshes],

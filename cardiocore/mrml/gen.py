@@ -46,6 +46,7 @@ from cardiocore.mrml.mesh_folders import (
     regions_from_point_data,
     write_mesh_folder,
 )
+from cardiocore.mrml.hierarchy import folder_with
 from cardiocore.mrml.models import mesh_to_model, model_to_mesh
 from cardiocore.mrml.sequences import meshes_to_sequence
 from cardiocore.mrml.tables import columns_to_table
@@ -146,7 +147,7 @@ def generate_to_scene(
         units={k: v for k, v in COLUMN_UNITS.items() if k in table_columns},
     )
     histogram, chart = _cavity_plot(folder_name, columns["cavity_ml"], _reference_cavities(model, phase))
-    folder = _folder_with(folder_name, [*nodes, table, histogram, chart])
+    folder = folder_with(folder_name, [*nodes, table, histogram, chart])
     return GeneratedNodes(folder, nodes, table, chart)
 
 
@@ -223,19 +224,6 @@ def _cavity_plot(name: str, generated_ml: np.ndarray, reference_ml: np.ndarray) 
         plot.SetColor(*(PHASE_COLORS["ED"] if label == "generated" else PHASE_COLORS[None]))
         chart.AddAndObservePlotSeriesNodeID(plot.GetID())
     return table, chart
-
-
-def _folder_with(name: str, nodes: Sequence[Any]) -> int:
-    """A new subject-hierarchy folder under the scene holding ``nodes``; returns its item id."""
-    hierarchy = slicer_app().scene.GetSubjectHierarchyNode()
-    folder = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), name)
-    for node in nodes:
-        item = hierarchy.GetItemByDataNode(node)
-        if item:
-            hierarchy.SetItemParent(item, folder)
-        else:
-            hierarchy.CreateItem(folder, node)
-    return folder
 
 
 # ---------------------------------------------------------------------------- interpolate

@@ -35,9 +35,10 @@ from cardiocore.geometry.surface import surface_from_mask
 from cardiocore.geometry.voxelize import voxelize_mesh
 from cardiocore.mrml.app import slicer_app
 from cardiocore.mrml.mesh_folders import REGION_ARRAY
+from cardiocore.mrml.hierarchy import folder_with
 from cardiocore.mrml.models import mesh_to_model, model_to_mesh
 from cardiocore.mrml.segmentations import arrays_to_segmentation, segmentation_to_arrays
-from cardiocore.mrml.storage import read_node, write_node
+from cardiocore.mrml.storage import read_node, remove_with_helpers, write_node
 from cardiocore.mrml.tables import columns_to_table
 from cardiocore.mrml.volumes import describe_node, volume_to_array
 from cardiocore.recon.evaluate import SVR_POINTS, VR_POINTS, ReconMetrics, evaluate_meshes
@@ -356,10 +357,10 @@ def _add_nodes(
         created.append(table)
         rule_table = _rule_table(quality, f"{folder_name} rules")
         created.append(rule_table)
-        folder = _folder_with(folder_name, created)
+        folder = folder_with(folder_name, created)
     except Exception:
         for node in created:
-            _remove_node(scene, node)
+            remove_with_helpers(scene, node)
         raise
     return ReconNodes(folder, models, segmentation, table, rule_table, metrics)
 
@@ -412,36 +413,12 @@ def _rule_table(quality: ReconMetrics, name: str) -> Any:
     )
 
 
-def _folder_with(name: str, nodes: list[Any]) -> int:
-    """A new subject-hierarchy folder under the scene holding ``nodes``; returns its item id."""
-    hierarchy = slicer_app().scene.GetSubjectHierarchyNode()
-    folder = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), name)
-    for node in nodes:
-        item = hierarchy.GetItemByDataNode(node)
-        if item:
-            hierarchy.SetItemParent(item, folder)
-        else:
-            hierarchy.CreateItem(folder, node)
-    return folder
-
-
-def _remove_node(scene: Any, node: Any) -> None:
-    """Remove a node with the display and storage nodes made for it (tables have no display)."""
-    helpers = [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
-    if node.IsA("vtkMRMLDisplayableNode"):
-        helpers += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-    scene.RemoveNode(node)
-    for helper in helpers:
-        if helper is not None:
-            scene.RemoveNode(helper)
-
-
 def remove_outputs(nodes: ReconNodes) -> None:
     """Remove every node of a reconstruction (with its display and storage nodes) and its folder
     from the scene."""
     scene = slicer_app().scene
     for node in [*nodes.model_nodes.values(), nodes.segmentation_node, nodes.table_node, nodes.rule_table_node]:
-        _remove_node(scene, node)
+        remove_with_helpers(scene, node)
     scene.GetSubjectHierarchyNode().RemoveItem(nodes.folder_item_id)
 
 
@@ -494,7 +471,7 @@ def fit_label_file(
         nodes = reconstruct_from_labelmap(labelmap, rules=rules, steps=steps, use_mie=use_mie, device=device,
                                           vr_points=vr_points, svr_points=svr_points, progress=progress)
     finally:
-        _remove_node(app.scene, labelmap)
+        remove_with_helpers(app.scene, labelmap)
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, node in nodes.model_nodes.items():

@@ -132,7 +132,7 @@ def read_node(
             )
         _check_read(node, kind, file_path)
     except Exception:
-        _remove_with_helpers(scene, node)
+        remove_with_helpers(scene, node)
         raise
     if node.IsA("vtkMRMLDisplayableNode") and node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
@@ -278,10 +278,11 @@ def _coordinate_system_code(coordinate_system: str | None) -> int | None:
     return COORDINATE_SYSTEMS[str(coordinate_system).upper()]
 
 
-def _remove_with_helpers(scene: Any, node: Any) -> None:
-    """Remove a node and the display and storage nodes made for it."""
-    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-    helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+def remove_with_helpers(scene: Any, node: Any) -> None:
+    """Remove a node and the display and storage nodes made for it (tables have no display nodes)."""
+    helpers = [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    if node.IsA("vtkMRMLDisplayableNode"):
+        helpers += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
     scene.RemoveNode(node)
     for helper in helpers:
         if helper is not None:
