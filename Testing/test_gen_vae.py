@@ -313,7 +313,7 @@ def test_cap_atlas_loader():
 
 
 def test_sparse_chebyshev_matches_pyg_message_passing(hierarchy):
-    from cardiocore.gen.vae import chebyshev_conv, scaled_laplacian
+    from cardiocore.nets.graph import chebyshev_conv, scaled_laplacian
     from torch_geometric.nn import ChebConv
 
     torch.manual_seed(0)
