@@ -383,3 +383,47 @@ def resolve_model(name: str, version: str | None = None) -> Path:
 def register_user_model(weights_path: str | os.PathLike, **fields: Any) -> dict[str, Any]:
     """Add a user-trained model to the cache manifest (see ``ModelRegistry.register``)."""
     return ModelRegistry().register(weights_path, **fields)
+
+
+# ------------------------------------------------------------------------------ model files
+def write_model_file(path: str | os.PathLike, payload: Mapping[str, Any], overwrite: bool = False) -> Path:
+    """Write a model payload (``torch.save``) atomically; refuses an existing file unless ``overwrite``."""
+    import torch
+
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise CardioInputError(str(target), "already exists", "choose another path or pass overwrite=True")
+    with atomic_write(target) as stream:
+        torch.save(dict(payload), stream)
+    return target
+
+
+def read_model_file(path: str | os.PathLike, file_format: str, version: int, what: str) -> dict[str, Any]:
+    """The payload of a model file written by :func:`write_model_file`, checked to be a dict with
+    ``format == file_format`` and ``format_version == version`` (tensors loaded on the CPU).
+
+    Args:
+        what: the kind of model, for messages (e.g. "CardioGen model").
+
+    Raises:
+        WeightsError: missing or unreadable file, another format, another format version.
+    """
+    import torch
+
+    source = Path(path)
+    if not source.is_file():
+        raise WeightsError(str(source), f"no such {what} file")
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt files
+        raise WeightsError(str(source), f"cannot be read as a {what} ({error})") from error
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        raise WeightsError(str(source), f"is not a {what} file")
+    if payload.get("format_version") != version:
+        raise WeightsError(
+            str(source),
+            f"has {what} format version {payload.get('format_version')}, this cardiocore reads {version}",
+            "retrain the model or install the cardiocore version that wrote it",
+        )
+    return payload
+

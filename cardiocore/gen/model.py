@@ -36,8 +36,8 @@ from cardiocore.gen.diffusion import PHASE_NAMES, LatentDiffusion
 from cardiocore.gen.vae import DEFAULT_CHUNK, MeshVAE
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.geometry.mesh import region_faces
-from cardiocore.train.atomic import atomic_write
 from cardiocore.train.device import select_device
+from cardiocore.weights import read_model_file, write_model_file
 
 FILE_FORMAT = "cardiogen-model"
 FILE_VERSION = 1
@@ -257,12 +257,7 @@ class CardioGenModel(nn.Module):
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the model atomically; refuses an existing file unless ``overwrite``."""
-        target = Path(path)
-        if target.exists() and not overwrite:
-            raise CardioInputError(str(target), "already exists", "choose another path or pass overwrite=True")
-        with atomic_write(target) as stream:
-            torch.save(self.to_payload(), stream)
-        return target
+        return write_model_file(path, self.to_payload(), overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> CardioGenModel:
@@ -273,20 +268,7 @@ class CardioGenModel(nn.Module):
                 fit their architecture.
         """
         source = Path(path)
-        if not source.is_file():
-            raise WeightsError(str(source), "no such CardioGen model file")
-        try:
-            payload = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for corrupt files
-            raise WeightsError(str(source), f"cannot be read as a CardioGen model ({error})") from error
-        if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-            raise WeightsError(str(source), "is not a CardioGen model file")
-        if payload.get("format_version") != FILE_VERSION:
-            raise WeightsError(
-                str(source),
-                f"has CardioGen format version {payload.get('format_version')}, this cardiocore reads {FILE_VERSION}",
-                "retrain the model or install the cardiocore version that wrote it",
-            )
+        payload = read_model_file(source, FILE_FORMAT, FILE_VERSION, "CardioGen model")
         try:
             model = cls.from_payload(payload, str(source))
         except (KeyError, TypeError, RuntimeError, ValueError) as error:
