@@ -1,0 +1,201 @@
+"""Predict mode: multi-chamber heart meshes from a CT or MR image with a trained network.
+
+:class:`MeshPredictor` is a model file: the network (:mod:`cardiocore.recon.predict_net`), the
+template it deforms (structure names, centred vertices, faces), the rule set's structure names
+and the model card. :func:`predict_meshes` resamples an image onto the network's grid (axes
+along RAS, centred on the field of view unless told otherwise; anti-aliased; intensities
+normalised by percentiles, :func:`cardiocore.recon.synth.image_to_frame`), runs the network and
+returns the meshes in RAS mm, template topology, as a :class:`cardiocore.recon.fit.FitResult`
+(``losses`` empty), so the fit's writers and metrics serve both modes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cardiocore.errors import CardioInputError, VolumeError, WeightsError
+from cardiocore.recon.fit import FitResult
+from cardiocore.recon.predict_net import MeshPredictionNet, PredictNetSpec
+from cardiocore.recon.template import HeartTemplate
+from cardiocore.train.device import select_device
+from cardiocore.weights import read_model_file, write_model_file
+
+FILE_FORMAT = "cardiocore.recon_predictor"
+FILE_VERSION = 1
+BUNDLED_PREDICTOR = "cardiorecon-whs"
+MAX_ANISOTROPY = 8.0
+"""Voxel spacing ratios above this are warned about (thick slices lose the through-plane shape)."""
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass
+class MeshPredictor:
+    """A trained Predict-mode network with its template and model card.
+
+    Attributes:
+        net: the network (eval mode after :meth:`load`).
+        names: structure names in the network's order.
+        template_faces: per structure, triangles (F_s, 3) int64 (the output topology).
+        card: model card and training record (JSON-compatible).
+    """
+
+    net: MeshPredictionNet
+    names: tuple[str, ...]
+    template_faces: tuple[torch.Tensor, ...]
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, spec: PredictNetSpec, template: HeartTemplate, card: Mapping[str, Any] | None = None,
+               centre: bool = True) -> MeshPredictor:
+        """An untrained predictor over ``template``, its vertices centred on their centroid
+        (``centre=False``: taken as they are, for a template that is already centred)."""
+        verts = torch.cat([v.float() for v in template.verts])
+        if centre:
+            verts = verts - verts.mean(dim=0)
+        net = MeshPredictionNet(spec, verts, template.faces, [int(v.shape[0]) for v in template.verts])
+        return cls(net, tuple(template.names), tuple(f.long() for f in template.faces), dict(card or {}))
+
+    @property
+    def spec(self) -> PredictNetSpec:
+        return self.net.spec
+
+    def to_payload(self) -> dict[str, Any]:
+        template = self.net.template.cpu()
+        return {
+            "format": FILE_FORMAT,
+            "format_version": FILE_VERSION,
+            "spec": self.spec.to_dict(),
+            "names": list(self.names),
+            "template_verts": list(template.split(self.net.sizes)),
+            "template_faces": [f.cpu() for f in self.template_faces],
+            "state_dict": {k: v.cpu() for k, v in self.net.state_dict().items()},
+            "card": self.card,
+        }
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the predictor atomically; refuses an existing file unless ``overwrite``."""
+        return write_model_file(path, self.to_payload(), overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> MeshPredictor:
+        """Read a predictor written by :meth:`save`, in eval mode on ``device``.
+
+        Raises:
+            WeightsError: missing or unreadable file, another format or version, weights that do
+                not fit their architecture.
+        """
+        source = Path(path)
+        payload = read_model_file(source, FILE_FORMAT, FILE_VERSION, "CardioReconstruct predictor")
+        try:
+            template = HeartTemplate(tuple(payload["names"]), tuple(payload["template_verts"]),
+                                     tuple(payload["template_faces"]))
+            predictor = cls.create(PredictNetSpec.from_dict(payload["spec"]), template, payload.get("card"), centre=False)
+            predictor.net.load_state_dict(payload["state_dict"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as error:
+            raise WeightsError(str(source), f"holds weights that do not fit their architecture ({error})") from error
+        predictor.net.to(torch.device(device)).eval()
+        return predictor
+
+    @classmethod
+    def from_bundled(cls, name: str = BUNDLED_PREDICTOR, version: str | None = None, device: str = "auto") -> MeshPredictor:
+        """The predictor ``name`` from the bundled or user manifest (checksum verified)."""
+        from cardiocore.weights import resolve_model
+
+        return cls.load(resolve_model(name, version), select_device(device))
+
+
+def _check_image(image: np.ndarray | torch.Tensor, ijk_to_ras: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Validate the image and its matrix; returns the matrix and warnings."""
+    if image.ndim != 3:
+        raise VolumeError("image", f"must be a 3-D (I, J, K) volume, got shape {tuple(image.shape)}")
+    if min(image.shape) < 2:
+        raise VolumeError("image", f"has a dimension of size < 2: {tuple(image.shape)}")
+    matrix = np.asarray(ijk_to_ras, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
+        raise VolumeError("ijk_to_ras", "must be a finite, invertible 4x4 voxel-to-RAS matrix")
+    warnings = []
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    if spacing.max() / spacing.min() > MAX_ANISOTROPY:
+        warnings.append(f"voxel spacing {np.round(spacing, 2).tolist()} mm is extremely anisotropic "
+                        f"(ratio {spacing.max() / spacing.min():.0f}); the shape across the thick slices is guessed")
+    return matrix, warnings
+
+
+def predict_meshes(
+    image: np.ndarray | torch.Tensor,
+    ijk_to_ras: np.ndarray,
+    predictor: MeshPredictor,
+    *,
+    centre_ras: Sequence[float] | None = None,
+    structures: Sequence[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[FitResult, list[str]]:
+    """Predict the heart meshes of one image.
+
+    Args:
+        image: (I, J, K) CT or MR intensities (any units: normalised by percentiles).
+        ijk_to_ras: (4, 4) voxel-to-RAS matrix, mm (oblique and anisotropic allowed).
+        predictor: the trained network (on the device to run on).
+        centre_ras: (3,) RAS mm centre of the network's field of view (default: the image's
+            centre); the field of view is ``grid_size * spacing_mm`` mm wide.
+        structures: the structures to return (default all of the predictor's).
+        progress: ``progress(fraction, message)``.
+
+    Returns:
+        The meshes (RAS mm, template topology) as a :class:`FitResult` whose ``missing`` lists
+        the requested structures the predictor does not know, and warnings (resampling,
+        anisotropy) for the user.
+    """
+    from cardiocore.recon.synth import image_to_frame
+
+    t_start = time.perf_counter()
+    matrix, warnings = _check_image(image, ijk_to_ras)
+    spec = predictor.spec
+    wanted = tuple(structures) if structures is not None else predictor.names
+    unknown = tuple(n for n in wanted if n not in predictor.names)
+    keep = [n for n in predictor.names if n in wanted]
+    if not keep:
+        raise CardioInputError("structures", f"none of {list(wanted)} is predicted by this model",
+                               f"it predicts: {', '.join(predictor.names)}")
+    if progress:
+        progress(0.05, "resampling the image onto the network grid")
+    centre = None if centre_ras is None else np.asarray(centre_ras, dtype=np.float64)
+    grid, frame_to_ras = image_to_frame(image, matrix, spec.grid_size, spec.spacing_mm, centre)
+    n_voxels = int(np.prod(image.shape))
+    if n_voxels > spec.grid_size ** 3:
+        warnings.append(f"image of {tuple(image.shape)} voxels resampled to {spec.grid_size}^3 at "
+                        f"{spec.spacing_mm:g} mm for the network")
+    t_resampled = time.perf_counter()
+    if progress:
+        progress(0.3, "running the network")
+    device = next(predictor.net.parameters()).device
+    predictor.net.eval()
+    with torch.no_grad():
+        output = predictor.net(grid.to(device=device, dtype=torch.float32)[None, None])
+    frame_verts = output.stages[-1][0].double().cpu()
+    transform = torch.as_tensor(frame_to_ras, dtype=torch.float64)
+    ras = (frame_verts @ transform[:3, :3].T + transform[:3, 3]).float()
+    t_end = time.perf_counter()
+    per_structure = dict(zip(predictor.names, ras.split(predictor.net.sizes), strict=True))
+    faces = dict(zip(predictor.names, predictor.template_faces, strict=True))
+    if progress:
+        progress(1.0, "done")
+    result = FitResult(
+        names=tuple(keep),
+        verts=tuple(per_structure[n] for n in keep),
+        faces=tuple(faces[n] for n in keep),
+        missing=unknown,
+        seconds={"prepare": t_resampled - t_start, "initialise": 0.0, "optimise": t_end - t_resampled,
+                 "total": t_end - t_start},
+        initial_affine=frame_to_ras,
+    )
+    return result, warnings
