@@ -1,11 +1,13 @@
 """CardioReconstruct: multi-chamber heart meshes (LV cavity and myocardium, RV, LA, RA, aorta,
-pulmonary artery) from a segmentation, free of inter-chamber violations (MIE loss).
+pulmonary artery) from a segmentation (Fit mode) or a CT/MR image (Predict mode), free of
+inter-chamber violations (MIE loss).
 
 Four classes, as every CardioShape module:
 
 - ``CardioReconstruct(ScriptedLoadableModule)``: title, category, help;
 - ``CardioReconstructWidget``: input segmentation and/or volume, an editable segment-to-structure
-  mapping guessed from the segment names, Fit settings, Apply with progress and Cancel;
+  mapping guessed from the segment names, mode Fit (settings) or Predict (model file, default the
+  bundled model; a clear message when it is missing), Apply with progress and Cancel;
 - ``CardioReconstructLogic``: explicit arguments, no GUI; delegates to :mod:`cardiocore.mrml.recon`;
 - ``CardioReconstructTest``: ``runTest()`` runs the scenario functions below, which pytest runs
   too (``Testing/test_recon_mrml.py``).
@@ -48,10 +50,6 @@ if IN_SLICER:
 
 
 NOT_USED = "(not used)"
-PREDICT_TOOLTIP = (
-    "Predict mode (meshes straight from a CT/MR image) needs trained network weights, which are not "
-    "bundled yet. Segment the image first (Segment Editor or TotalSegmentator) and use Fit."
-)
 
 
 class CardioReconstruct(ScriptedLoadableModule):
@@ -63,11 +61,14 @@ class CardioReconstruct(ScriptedLoadableModule):
         self.parent.contributors = ["The CardioShape contributors"]
         self.parent.helpText = (
             "Reconstruct multi-chamber heart meshes (LV cavity, LV myocardium, RV, LA, RA, aorta, pulmonary "
-            "artery) from a segmentation made with the Segment Editor or TotalSegmentator, or from a labelmap. "
-            "A multi-chamber template is deformed to the segments (Fit mode); a relational loss (MIE) keeps the "
-            "chambers from passing through each other. Outputs: one watertight model per structure with the "
-            "template's topology, a segmentation made from the meshes, and tables of volumes, Dice, HD95 and "
-            "violation rates. The input segmentation is never modified."
+            "artery). Fit mode: from a segmentation made with the Segment Editor or TotalSegmentator, or from a "
+            "labelmap, a multi-chamber template is deformed to the segments; a relational loss (MIE) keeps the "
+            "chambers from passing through each other. Predict mode: from a CT or MR image, a trained network "
+            "(the bundled model, or a model file made with 'cardio recon train') predicts the meshes in about a "
+            "second; a segmentation selected as well serves as reference for Dice and HD95. Outputs: one "
+            "watertight model per structure with the template's topology, a segmentation made from the meshes, "
+            "and tables of volumes, Dice, HD95 (when there are labels) and violation rates. The input nodes are "
+            "never modified."
         )
         self.parent.acknowledgementText = (
             "Method: MIE relational loss (arXiv 2503.07874). Template built from an Apache-2.0 HeartDeformNets "
@@ -86,8 +87,6 @@ class CardioReconstructWidget(ScriptedLoadableModuleWidget):
         self._parameterNode = CardioReconstructParameterNode(self.logic.getParameterNode())
         self._parameterNode.connectGui(self.ui)
         self._cancelRequested = False
-        self.ui.predictRadioButton.enabled = False
-        self.ui.predictRadioButton.toolTip = PREDICT_TOOLTIP
         self.ui.fitRadioButton.checked = True
         self.ui.mappingTable.setColumnCount(2)
         self.ui.mappingTable.setHorizontalHeaderLabels(["Segment", "Structure"])
@@ -96,7 +95,38 @@ class CardioReconstructWidget(ScriptedLoadableModuleWidget):
         self.ui.guessMappingButton.connect("clicked(bool)", self.onGuessMapping)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.predictRadioButton.connect("toggled(bool)", self.onModeChanged)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModeChanged)
         self.onSegmentationChanged(self._parameterNode.inputSegmentation)
+        self.onModeChanged()
+
+    # ------------------------------------------------------------------ mode
+    def _predictMode(self) -> bool:
+        return self.ui.predictRadioButton.checked
+
+    def _modelPath(self) -> str | None:
+        return self.ui.modelPathLineEdit.currentPath or None
+
+    def onModeChanged(self, *_: Any) -> None:
+        """Show the chosen mode's settings; in Predict mode say whether the model is there, and
+        keep Apply disabled while it is not."""
+        predict = self._predictMode()
+        for widget in (self.ui.iterationsLabel, self.ui.iterationsSpinBox, self.ui.useMieCheckBox):
+            widget.visible = not predict
+        for widget in (self.ui.modelLabel, self.ui.modelPathLineEdit, self.ui.modelStatusLabel):
+            widget.visible = predict
+        self.ui.applyButton.enabled = True
+        if not predict:
+            return
+        problem = "the compute packages are not installed"
+        with slicer.util.tryWithErrorDisplay("CardioReconstruct could not check the model.", waitCursor=True):
+            self._ensureRequirements()
+            problem = self.logic.model_problem(self._modelPath())
+        self.ui.modelStatusLabel.text = (
+            f"Predict mode is not available: {problem}." if problem
+            else f"Model: {self._modelPath() or 'the bundled model'}. Select the image as Volume."
+        )
+        self.ui.applyButton.enabled = problem is None
 
     # ------------------------------------------------------------------ mapping table
     def onGuessMapping(self) -> None:
@@ -163,14 +193,20 @@ class CardioReconstructWidget(ScriptedLoadableModuleWidget):
                 self._ensureRequirements()
                 from cardiocore.mrml.recon import ReconstructionCancelled, summary_text
 
+                common = {
+                    "mapping": self._mapping() if parameters.inputSegmentation is not None else None,
+                    "device": "cpu" if parameters.cpuOnly else "auto",
+                    "progress": self._progress,
+                    "should_stop": lambda: self._cancelRequested,
+                }
                 try:
-                    result = self.logic.reconstruct(
-                        parameters.inputSegmentation, parameters.inputVolume,
-                        mapping=self._mapping() if parameters.inputSegmentation is not None else None,
-                        steps=parameters.iterations, use_mie=parameters.useMie,
-                        device="cpu" if parameters.cpuOnly else "auto",
-                        progress=self._progress, should_stop=lambda: self._cancelRequested,
-                    )
+                    if self._predictMode():
+                        result = self.logic.predict(parameters.inputVolume, self._modelPath(),
+                                                    reference_labels=parameters.inputSegmentation, **common)
+                    else:
+                        result = self.logic.reconstruct(parameters.inputSegmentation, parameters.inputVolume,
+                                                        steps=parameters.iterations, use_mie=parameters.useMie,
+                                                        **common)
                 except ReconstructionCancelled:
                     self.ui.statusLabel.text = "Cancelled: nothing was added to the scene."
                     return
@@ -216,7 +252,7 @@ class CardioReconstructLogic(ScriptedLoadableModuleLogic):
         weights, vr_points, svr_points).
 
         Raises:
-            CardioInputError: no input, or only an image (Predict mode has no bundled weights).
+            CardioInputError: no input, or only an image (that is Predict mode: :meth:`predict`).
         """
         from cardiocore.mrml.recon import reconstruct_from_labelmap, reconstruct_from_segmentation
 
@@ -228,11 +264,45 @@ class CardioReconstructLogic(ScriptedLoadableModuleLogic):
             return reconstruct_from_labelmap(volume_node, **options)
         if volume_node is not None:
             raise CardioInputError(
-                f"volume {volume_node.GetName()!r}", "is an image, and Predict mode has no bundled weights yet",
-                "segment it (Segment Editor or TotalSegmentator) and select the segmentation",
+                f"volume {volume_node.GetName()!r}", "is an image, not a labelmap: Fit mode needs labels",
+                "choose Predict mode, or segment it (Segment Editor or TotalSegmentator) and select the segmentation",
             )
         raise CardioInputError("input", "no segmentation or labelmap selected",
                                "select the segmentation to reconstruct")
+
+    def predict(
+        self,
+        volume_node: Any,
+        model_path: str | None = None,
+        *,
+        device: str = "auto",
+        progress: Callable[[float, str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        reference_labels: Any = None,
+        mapping: Mapping[str, str] | None = None,
+        **predict_options: Any,
+    ) -> Any:
+        """Predict mode: meshes from the CT/MR image ``volume_node`` by the network in
+        ``model_path`` (None: the bundled model); returns ``ReconNodes``. ``reference_labels``:
+        optional segmentation (segments mapped by ``mapping``, default guessed) or labelmap to
+        measure Dice and HD95 against. ``predict_options``: further keyword arguments of
+        ``reconstruct_from_volume`` (predictor, structures, centre_ras, vr_points, svr_points, seed).
+
+        Raises:
+            CardioInputError: no image, a labelmap as image, bad reference labels.
+            WeightsError: the model file or the bundled model is missing or unreadable.
+        """
+        from cardiocore.mrml.recon import reconstruct_from_volume
+
+        return reconstruct_from_volume(volume_node, model_path=model_path, device=device, progress=progress,
+                                       should_stop=should_stop, reference_labels=reference_labels, mapping=mapping,
+                                       **predict_options)
+
+    def model_problem(self, model_path: str | None = None) -> str | None:
+        """Why Predict mode cannot run with ``model_path`` (None: the bundled model), or None."""
+        from cardiocore.mrml.recon import model_problem
+
+        return model_problem(model_path)
 
 
 # ---------------------------------------------------------------------------- test scenarios
@@ -263,6 +333,26 @@ TEST_CENTROID_MM = {"lv_cavity": 2.0, "lv_myocardium": 2.0, "rv": 4.0, "la": 2.0
                     "pulmonary_artery": 3.0}
 #: The centroid distance (mm) for the short fit of scenario_fit_label_file (3 mm voxels, 15 steps).
 FILE_CENTROID_MM = 5.0
+#: A tiny UNTRAINED Predict network (it checks the plumbing, not accuracy): a 32^3 grid of 6 mm.
+#: The strong alignment ridge keeps its global alignment an isotropic scaling (the decoder's
+#: offsets start at zero), so it outputs a shrunken, image-dependent copy of the template:
+#: closed, outward oriented and in place (a free untrained affine may mirror the meshes).
+TINY_PREDICT_SPEC = {"grid_size": 32, "spacing_mm": 6.0, "unet_features": (4, 4, 8, 8, 8, 4), "graph_channels": 8,
+                     "graph_layers": 1, "alignment_ridge": 1e4}
+#: RAS mm centre of the Predict test images, away from the origin (an LPS mix-up moves it by 78 mm).
+PREDICT_CENTRE_RAS = (25.0, -30.0, 40.0)
+#: The same phantom image on two grids: (I, J, K) voxels of (mm), rotated (degrees) about R, A, S.
+PREDICT_GRIDS = {"axis-aligned": ((60, 60, 50), (3.2, 3.2, 3.2), (0.0, 0.0, 0.0)),
+                 "oblique": ((80, 64, 48), (2.4, 3.0, 4.0), (20.0, -10.0, 35.0))}
+#: Quality samples per rule of the Predict scenario (the untrained meshes all overlap: few samples).
+PREDICT_QUALITY_POINTS = {"vr_points": 100, "svr_points": 100}
+#: Largest vertex distance (mm) between the meshes predicted from the two grids: the network sees
+#: the same frame image. Measured 0.25 mm; the same image with its I axis flipped moves them by
+#: 3.3 mm, so a quarter of a frame voxel (1.5 mm) tells a correct reading from an axis mistake.
+PREDICT_AGREEMENT_MM = 1.5
+#: Largest distance (mm) of the predicted meshes' vertex centroid from the image centre (the
+#: untrained network keeps the template near the frame centre; measured 1.7 mm): one frame voxel.
+PREDICT_CENTRE_MM = 6.0
 
 
 def phantom_segmentation(names: tuple[str, ...] = EDITOR_NAMES, seed: int = 1) -> tuple[Any, Any]:
@@ -416,6 +506,93 @@ def scenario_fit_label_file(test: ScriptedLoadableModuleTest, workdir: str | Pat
     return metrics
 
 
+def tiny_predictor(template: Any = None, seed: int = 0) -> Any:
+    """An untrained ``MeshPredictor`` of :data:`TINY_PREDICT_SPEC` over ``template`` (default the
+    bundled one), seeded, in eval mode."""
+    import torch
+
+    from cardiocore.recon.predict import MeshPredictor
+    from cardiocore.recon.predict_net import PredictNetSpec
+    from cardiocore.recon.template import load_template
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        predictor = MeshPredictor.create(PredictNetSpec(**TINY_PREDICT_SPEC), template or load_template())
+    predictor.net.eval()
+    return predictor
+
+
+def phantom_image(grid: str, seed: int = 1) -> tuple[Any, Any]:
+    """The heart phantom as a CT-like image (40 times the label) on ``PREDICT_GRIDS[grid]``,
+    centred on :data:`PREDICT_CENTRE_RAS`, as a new scalar volume node; returns (node, ``HeartPhantom``)."""
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    from cardiocore.mrml.volumes import array_to_volume
+    from cardiocore.phantoms.heart import heart_label_phantom
+
+    shape, spacing, rotation = PREDICT_GRIDS[grid]
+    direction = Rotation.from_euler("xyz", rotation, degrees=True).as_matrix()
+    origin = np.asarray(PREDICT_CENTRE_RAS) - direction @ (np.asarray(spacing) * (np.asarray(shape) - 1) / 2.0)
+    phantom = heart_label_phantom(shape=shape, spacing=spacing, direction=direction, origin=tuple(origin), seed=seed)
+    node = array_to_volume((phantom.labels * 40.0).astype(np.float32), phantom.ijk_to_ras, f"phantom image {grid}")
+    return node, phantom
+
+
+def scenario_predict(test: ScriptedLoadableModuleTest, predictor: Any = None) -> dict[str, Any]:
+    """Predict mode on the same phantom image on an axis-aligned and on an oblique, anisotropic
+    grid: a model per structure (region array, template topology), a segmentation on the image
+    grid, tables, all in one folder, the input volume unchanged (voxels and matrix), no Dice
+    without labels; the meshes of both grids agree within PREDICT_AGREEMENT_MM and sit at the
+    image centre in RAS. Returns grid name -> ``ReconNodes``."""
+    import numpy as np
+
+    from cardiocore.mrml.app import slicer_app
+    from cardiocore.mrml.mesh_folders import REGION_ARRAY
+    from cardiocore.mrml.models import model_to_mesh
+    from cardiocore.mrml.segmentations import segmentation_to_arrays
+    from cardiocore.mrml.tables import table_to_columns
+    from cardiocore.mrml.volumes import volume_to_array
+
+    predictor = predictor or tiny_predictor()
+    hierarchy = slicer_app().scene.GetSubjectHierarchyNode()
+    results, verts = {}, {}
+    for grid in PREDICT_GRIDS:
+        node, phantom = phantom_image(grid)
+        before = volume_to_array(node)
+        result = CardioReconstructLogic().predict(node, predictor=predictor, **PREDICT_QUALITY_POINTS)
+        after = volume_to_array(node)
+        test.assertTrue(np.array_equal(before[0], after[0]))
+        np.testing.assert_array_equal(before[1], after[1])
+        test.assertEqual(list(result.model_nodes), list(predictor.names))
+        output = segmentation_to_arrays(result.segmentation_node)
+        np.testing.assert_allclose(output.ijk_to_ras, phantom.ijk_to_ras, atol=1e-6)
+        meshes = []
+        for index, (name, model) in enumerate(result.model_nodes.items()):
+            mesh = model_to_mesh(model)
+            test.assertTrue(np.all(mesh.point_data[REGION_ARRAY] == index), name)
+            np.testing.assert_array_equal(mesh.faces, predictor.template_faces[index].numpy())
+            meshes.append(mesh.verts)
+        for extra in (*result.model_nodes.values(), result.segmentation_node, result.table_node,
+                      result.rule_table_node):
+            test.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(extra)), result.folder_item_id)
+        columns = table_to_columns(result.table_node)
+        test.assertEqual(list(columns["structure"]), list(predictor.names))
+        test.assertTrue(np.isnan(np.asarray(columns["Dice"], dtype=float)).all())
+        test.assertEqual(result.rule_table_node.GetNumberOfRows(), 21)
+        metrics = result.metrics
+        test.assertEqual((metrics["mode"], metrics["predicted"]), ("predict", list(predictor.names)))
+        test.assertTrue(all(m["dice"] is None and m["hd95_mm"] is None for m in metrics["structures"].values()))
+        test.assertIsInstance(metrics["warnings"], list)
+        verts[grid] = np.concatenate(meshes)
+        centre_mm = float(np.linalg.norm(verts[grid].mean(axis=0) - np.asarray(PREDICT_CENTRE_RAS)))
+        test.assertLess(centre_mm, PREDICT_CENTRE_MM, grid)
+        results[grid] = result
+    distance = np.linalg.norm(verts["axis-aligned"] - verts["oblique"], axis=1).max()
+    test.assertLess(float(distance), PREDICT_AGREEMENT_MM)
+    return results
+
+
 class CardioReconstructTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         from cardiocore.mrml.app import slicer_app
@@ -423,6 +600,7 @@ class CardioReconstructTest(ScriptedLoadableModuleTest):
         slicer_app().clear()
         scenario_guess_mapping(self)
         scenario_reconstruct(self)
+        scenario_predict(self)
         with tempfile.TemporaryDirectory() as workdir:
             scenario_fit_label_file(self, workdir)
         self.delayDisplay("CardioReconstruct scenarios passed")

@@ -1,6 +1,8 @@
 """CardioReconstruct on the headless MRML scene: segment-to-structure mapping, segmentation node
 in -> model, segmentation and table nodes out on an oblique anisotropic grid (RAS preserved, input
-untouched), cancel and bad input leave the scene as it was, ``cardio recon fit`` files.
+untouched), cancel and bad input leave the scene as it was, ``cardio recon fit`` files; Predict
+mode (a tiny untrained network: the plumbing, not accuracy): image volume in -> the same outputs,
+RAS preserved on an oblique grid, reference labels, cancel, bad input, ``cardio recon predict``.
 
 The module's own scenarios (``CardioReconstruct/CardioReconstruct.py``) hold the main checks, so
 Slicer's self-test and pytest test the same thing; thresholds are explained there.
@@ -8,18 +10,32 @@ Slicer's self-test and pytest test the same thing; thresholds are explained ther
 
 from __future__ import annotations
 
+import json
+import math
+
+import numpy as np
 import pytest
+import torch
 from conftest import REPO_ROOT
 from module_checks import import_module_file_headless
 
-from cardiocore.errors import CardioInputError
+from cardiocore.cli import main as cardio
+from cardiocore.errors import CardioInputError, VolumeError, WeightsError
+from cardiocore.geometry.primitives import icosphere
 from cardiocore.mrml.recon import (
     ReconstructionCancelled,
     guess_mapping,
+    load_predictor,
+    model_problem,
     reconstruct_from_labelmap,
     reconstruct_from_segmentation,
+    reconstruct_from_volume,
+    summary_text,
 )
+from cardiocore.mrml.storage import write_node
+from cardiocore.mrml.tables import table_to_columns
 from cardiocore.mrml.volumes import array_to_volume
+from cardiocore.recon.template import HeartTemplate
 
 MODULE = import_module_file_headless(REPO_ROOT / "CardioReconstruct" / "CardioReconstruct.py")
 
@@ -45,6 +61,7 @@ def test_reconstruct_segmentation_on_oblique_grid(app) -> None:
     result = MODULE.scenario_reconstruct(_Checks())
     assert result.metrics["summary"]["all watertight"]
     assert result.metrics["device"] == "cpu"
+    assert f"{MODULE.TEST_STEPS} steps on cpu" in summary_text(result.metrics)
 
 
 def test_fit_label_file_mmwhs(app, tmp_path) -> None:
@@ -79,8 +96,124 @@ def test_cancel_and_bad_input_add_nothing(app) -> None:
     count = scene.GetNumberOfNodes()
     with pytest.raises(CardioInputError, match="no structure of the rule set"):
         reconstruct_from_labelmap(labelmap, device="cpu")
-    with pytest.raises(CardioInputError, match="Predict mode"):
+    with pytest.raises(CardioInputError, match="choose Predict mode"):
         MODULE.CardioReconstructLogic().reconstruct(None, image)
     with pytest.raises(CardioInputError, match="no segmentation or labelmap"):
         MODULE.CardioReconstructLogic().reconstruct(None, None)
     assert scene.GetNumberOfNodes() == count
+
+
+# ---------------------------------------------------------------------------- Predict mode
+QUICK = MODULE.PREDICT_QUALITY_POINTS
+
+
+def test_predict_volume_on_axis_aligned_and_oblique_grids(app) -> None:
+    results = MODULE.scenario_predict(_Checks())
+    metrics = results["oblique"].metrics
+    assert metrics["summary"]["all watertight"] and metrics["device"] == "cpu"
+    assert any("resampled" in warning for warning in metrics["warnings"])
+    assert all(m["volume_ml"] > 0 for m in metrics["structures"].values())  # closed, outward oriented
+    text = summary_text(metrics)
+    assert "predicted by unnamed model on cpu" in text and "lv_cavity: 0." in text and "Dice" not in text
+
+
+def test_predict_with_reference_labels_and_cancel(app) -> None:
+    predictor = MODULE.tiny_predictor()
+    node, phantom = MODULE.phantom_image("axis-aligned")
+    reference = array_to_volume(phantom.labels, phantom.ijk_to_ras, "reference", labelmap=True)
+    kept = ("lv_cavity", "rv")
+    result = reconstruct_from_volume(node, predictor=predictor, reference_labels=reference, structures=kept, **QUICK)
+    assert list(result.model_nodes) == list(kept)
+    voxel_ml = abs(np.linalg.det(phantom.ijk_to_ras[:3, :3])) / 1000.0
+    for label, name in ((1, "lv_cavity"), (3, "rv")):
+        figures = result.metrics["structures"][name]
+        assert 0.0 <= figures["dice"] <= 1.0  # measured against the reference: a number, not None
+        assert figures["label_volume_ml"] == pytest.approx((phantom.labels == label).sum() * voxel_ml)
+    assert [(r["a"], r["b"]) for r in result.metrics["rules"]] == [("lv_cavity", "rv")]
+    assert result.metrics["reference"] == "reference"
+    segmentation, _ = MODULE.phantom_segmentation()  # another grid: read on the image's
+    result = reconstruct_from_volume(node, predictor=predictor, reference_labels=segmentation, structures=["la"],
+                                     **QUICK)
+    assert result.metrics["mapping"]["Left atrium"] == "la"
+    assert result.metrics["structures"]["la"]["label_volume_ml"] > 10.0
+    assert list(table_to_columns(result.table_node)["segments"]) == ["Left atrium"]
+
+    scene = app.scene
+    count = scene.GetNumberOfNodes()
+    calls = []
+
+    def stop_after_network() -> bool:
+        calls.append(1)
+        return len(calls) > 1
+
+    for stop in (lambda: True, stop_after_network):
+        with pytest.raises(ReconstructionCancelled):
+            reconstruct_from_volume(node, predictor=predictor, should_stop=stop, **QUICK)
+    assert len(calls) == 2 and scene.GetNumberOfNodes() == count
+
+
+def test_predict_bad_input_names_it_and_adds_nothing(app, tmp_path) -> None:
+    predictor = MODULE.tiny_predictor()
+    node, phantom = MODULE.phantom_image("axis-aligned")
+    labelmap = array_to_volume(phantom.labels, phantom.ijk_to_ras, "heart labels", labelmap=True)
+    flat = array_to_volume(np.ones((30, 30, 1), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), "one slice")
+    not_cardiac = array_to_volume((phantom.labels > 0) * 9, phantom.ijk_to_ras, "not cardiac", labelmap=True)
+    segmentation, _ = MODULE.phantom_segmentation()
+    scene = app.scene
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(CardioInputError, match="'heart labels': is a labelmap"):
+        reconstruct_from_volume(labelmap, predictor=predictor)
+    with pytest.raises(VolumeError, match="'one slice': has a dimension of size < 2"):
+        reconstruct_from_volume(flat, predictor=predictor)
+    with pytest.raises(CardioInputError, match="expected a scalar"):
+        reconstruct_from_volume(segmentation, predictor=predictor)
+    with pytest.raises(CardioInputError, match="expected a scalar"):
+        MODULE.CardioReconstructLogic().predict(None, predictor=predictor)
+    with pytest.raises(CardioInputError, match="'not cardiac': hold no structure"):
+        reconstruct_from_volume(node, predictor=predictor, reference_labels=not_cardiac)
+    with pytest.raises(CardioInputError, match="expected a labelmap or segmentation"):
+        reconstruct_from_volume(node, predictor=predictor, reference_labels=flat)
+    with pytest.raises(CardioInputError, match="none of .* is predicted"):
+        reconstruct_from_volume(node, predictor=predictor, structures=["left kidney"])
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(WeightsError, match="no such CardioReconstruct predictor file"):
+        reconstruct_from_volume(node, model_path=missing, device="cpu")
+    assert "does not exist" in model_problem(missing)
+    assert scene.GetNumberOfNodes() == count
+
+
+def _two_sphere_predictor():
+    """A tiny untrained predictor over two small spheres 50 mm apart (LV cavity and RV): fast to
+    measure with the CLI's full VR/SVR sampling (their boxes stay apart)."""
+    spheres = [icosphere(2, 15.0, (x, 0.0, 0.0)) for x in (-25.0, 25.0)]
+    template = HeartTemplate(("lv_cavity", "rv"), tuple(v for v, _ in spheres), tuple(f for _, f in spheres))
+    return MODULE.tiny_predictor(template)
+
+
+def test_cli_predict_writes_files_and_refuses_to_overwrite(app, tmp_path, capsys) -> None:
+    node, phantom = MODULE.phantom_image("oblique")
+    image = write_node(node, tmp_path / "image.nrrd")
+    reference = array_to_volume(phantom.labels, phantom.ijk_to_ras, "labels", labelmap=True)
+    labels = write_node(reference, tmp_path / "labels.nii.gz")
+    model = _two_sphere_predictor().save(tmp_path / "tiny.pt")
+    out = tmp_path / "predicted"
+    argv = ["recon", "predict", "--image", str(image), "--out", str(out), "--model", str(model),
+            "--labels", str(labels), "--structures", "default", "--device", "cpu"]
+    count = app.scene.GetNumberOfNodes()
+    assert cardio(argv) == 0
+    assert app.scene.GetNumberOfNodes() == count  # the nodes used on the way are removed
+    assert sorted(p.name for p in out.iterdir()) == ["lv_cavity.vtk", "meshes.seg.nrrd", "metrics.json", "rv.vtk"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == "predict" and metrics["predicted"] == ["lv_cavity", "rv"]
+    assert metrics["model"] == str(model.resolve()) and metrics["labels"] == str(labels.resolve())
+    assert all(math.isfinite(m["dice"]) for m in metrics["structures"].values())
+    printed = capsys.readouterr().out
+    assert "lv_cavity disjoint rv" in printed and "metrics.json written to" in printed
+
+    stamp = (out / "metrics.json").stat().st_mtime_ns
+    assert cardio(argv) == 2  # never overwrites without --overwrite
+    assert "already holds" in capsys.readouterr().err
+    assert (out / "metrics.json").stat().st_mtime_ns == stamp
+    loaded = load_predictor(model, "cpu")
+    assert loaded.names == ("lv_cavity", "rv") and not loaded.net.training
+    assert torch.equal(loaded.net.template, _two_sphere_predictor().net.template)

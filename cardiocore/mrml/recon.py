@@ -1,28 +1,35 @@
-"""CardioReconstruct in MRML terms: segmentation or labelmap nodes in, multi-chamber meshes out.
+"""CardioReconstruct in MRML terms: segmentation, labelmap or image nodes in, multi-chamber meshes out.
 
-The computing is :mod:`cardiocore.recon`'s (``fit_template`` deforms the bundled template,
-``evaluate_meshes`` measures the result); this module only reads nodes into a label array,
-and writes the results as NEW nodes in a subject-hierarchy folder:
+The computing is :mod:`cardiocore.recon`'s (``fit_template`` deforms the bundled template to
+labels, ``predict_meshes`` runs the Predict-mode network on an image, ``evaluate_meshes``
+measures the result); this module only reads nodes into arrays, and writes the results of both
+modes as NEW nodes in a subject-hierarchy folder:
 
-- one model node per fitted structure (world RAS mm, the template's topology, the structure's
+- one model node per structure (world RAS mm, the template's topology, the structure's
   colour, the per-vertex array :data:`REGION_ARRAY` holding the structure's index in the
   template, as ``HeartTemplate.merged()`` numbers regions);
 - a segmentation node made from the meshes (each mesh voxelised on the input's grid);
 - a table node with one row per structure (volumes, Dice, HD95, watertightness, worst VR/SVR of
   the rules it is part of) and a table node with one row per rule (VR, SVR, voxel VR).
 
+Predict mode needs no labels: the figures of the meshes alone (volume, LSE, watertightness,
+self-intersections, VR, SVR) are always measured, Dice, HD95 and Chamfer only against optional
+reference labels (:func:`measure_quality`).
+
 The input nodes are never changed, and nothing is added to the scene when reconstruction fails
-or is cancelled. :func:`fit_label_file` is the ``cardio recon fit`` command's body and
-:func:`recon_demo_part` the ``cardio demo`` part.
+or is cancelled. :func:`fit_label_file` and :func:`predict_image_file` are the ``cardio recon
+fit`` and ``cardio recon predict`` commands' bodies, :func:`recon_demo_part` the ``cardio demo`` part.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cardiocore.errors import CardioInputError
+from cardiocore.errors import CardioInputError, VolumeError, WeightsError
 from cardiocore.geometry.surface import surface_from_mask
 from cardiocore.geometry.voxelize import voxelize_mesh
 from cardiocore.mrml.app import slicer_app
@@ -43,9 +50,11 @@ from cardiocore.mrml.tables import columns_to_table
 from cardiocore.mrml.volumes import describe_node, volume_to_array
 from cardiocore.recon.evaluate import SVR_POINTS, VR_POINTS, ReconMetrics, evaluate_meshes
 from cardiocore.recon.fit import FitResult, FitWeights, fit_template
+from cardiocore.recon.predict import BUNDLED_PREDICTOR, MeshPredictor, predict_meshes
 from cardiocore.recon.rules import RuleSet, guess_structure, resolve_rule_set
 from cardiocore.recon.template import HeartTemplate, load_template
 from cardiocore.train.atomic import atomic_write
+from cardiocore.train.device import select_device
 
 ProgressFn = Callable[[float, str], None]
 """``progress(fraction in [0, 1], message)``."""
@@ -56,7 +65,7 @@ RuleSpec = RuleSet | str | os.PathLike | Mapping[str, Any] | None
 SEGMENTATION_FILE = "meshes.seg.nrrd"
 METRICS_FILE = "metrics.json"
 
-# Share of the progress bar per stage: reading, fitting, measuring, writing nodes.
+# Share of the progress bar per stage: reading, fitting (or predicting), measuring, writing nodes.
 _FIT_START, _FIT_END, _EVAL_END = 0.05, 0.8, 0.95
 
 
@@ -96,6 +105,26 @@ class FitOptions:
     seed: int
     vr_points: int
     svr_points: int
+
+
+@dataclass(frozen=True)
+class QualitySampling:
+    """Monte-Carlo samples per rule for VR and SVR and the seed of every random draw
+    (:func:`cardiocore.recon.evaluate.evaluate_meshes`)."""
+
+    vr_points: int = VR_POINTS
+    svr_points: int = SVR_POINTS
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ReferenceLabels:
+    """Labels to measure meshes against: (I, J, K) int label map, its (4, 4) voxel-to-RAS
+    matrix (mm), and structure name -> label value."""
+
+    labels: np.ndarray
+    ijk_to_ras: np.ndarray
+    label_of: dict[str, int]
 
 
 # ---------------------------------------------------------------------------- mapping
@@ -167,6 +196,35 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+def _segmentation_labels(
+    seg_node: Any, mapping: Mapping[str, str] | None, rules: RuleSet, reference_volume: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]], dict[str, str]]:
+    """The mapped segments of ``seg_node`` as one label map in ``rules``' coding.
+
+    Segments mapped to the same structure are united; a later segment wins where segments
+    overlap. ``mapping`` (segment ID -> structure) defaults to :func:`guess_mapping`.
+
+    Returns:
+        labels (I, J, K) int16 on ``reference_volume``'s grid (default the segmentation's own),
+        its ijk_to_ras (4, 4) RAS mm, structure -> names of its segments, and segment name ->
+        structure (for the metrics).
+
+    Raises:
+        CardioInputError: an empty mapping, unknown segments or structures.
+    """
+    if mapping is None:
+        mapping = guess_mapping(seg_node, rules)
+    mapping = _checked_mapping(seg_node, mapping, rules)
+    arrays = segmentation_to_arrays(seg_node, reference_volume)
+    labels = np.zeros(arrays.masks[0].shape, dtype=np.int16)
+    for segment_id, mask in zip(arrays.segment_ids, arrays.masks, strict=True):
+        if segment_id in mapping:
+            labels[mask] = rules.structure(mapping[segment_id]).label
+    segment_names = dict(zip(arrays.segment_ids, arrays.names, strict=True))
+    sources = {s: [segment_names[i] for i, t in mapping.items() if t == s] for s in set(mapping.values())}
+    return labels, arrays.ijk_to_ras, sources, {segment_names[i]: s for i, s in mapping.items()}
+
+
 def reconstruct_from_segmentation(
     seg_node: Any,
     *,
@@ -211,24 +269,14 @@ def reconstruct_from_segmentation(
     """
     rule_set = resolve_rule_set(rules)
     _segmentation_of(seg_node)
-    if mapping is None:
-        mapping = guess_mapping(seg_node, rule_set)
-    mapping = _checked_mapping(seg_node, mapping, rule_set)
     _report(progress, 0.0, "reading the segmentation")
-    arrays = segmentation_to_arrays(seg_node, reference_volume)
-    labels = np.zeros(arrays.masks[0].shape, dtype=np.int16)
-    for segment_id, mask in zip(arrays.segment_ids, arrays.masks, strict=True):
-        if segment_id in mapping:
-            labels[mask] = rule_set.structure(mapping[segment_id]).label
-    segment_names = dict(zip(arrays.segment_ids, arrays.names, strict=True))
-    sources = {s: [segment_names[i] for i, t in mapping.items() if t == s] for s in set(mapping.values())}
+    labels, ijk_to_ras, sources, named_mapping = _segmentation_labels(seg_node, mapping, rule_set, reference_volume)
     return _reconstruct_to_scene(
-        labels, arrays.ijk_to_ras, rule_set.subset(sources), sources,
+        labels, ijk_to_ras, rule_set.subset(sources), sources,
         options=FitOptions(steps, weights, use_mie, seed, vr_points, svr_points), template=template,
         device=device, progress=progress, should_stop=should_stop,
         folder_name=folder_name or f"CardioReconstruct {seg_node.GetName()}",
-        extra={"mapping": {segment_names[i]: s for i, s in mapping.items()},
-               "unmapped": [n for n in rule_set.names if n not in sources]},
+        extra={"mapping": named_mapping, "unmapped": [n for n in rule_set.names if n not in sources]},
     )
 
 
@@ -273,6 +321,14 @@ def _report(progress: ProgressFn | None, fraction: float, message: str) -> None:
         progress(fraction, message)
 
 
+def _stopped(should_stop: Callable[[], bool] | None) -> bool:
+    return should_stop is not None and should_stop()
+
+
+def _cancelled() -> ReconstructionCancelled:
+    return ReconstructionCancelled("reconstruction cancelled; nothing was added to the scene")
+
+
 def _reconstruct_to_scene(
     labels: np.ndarray,
     ijk_to_ras: np.ndarray,
@@ -287,7 +343,7 @@ def _reconstruct_to_scene(
     folder_name: str,
     extra: Mapping[str, Any],
 ) -> ReconNodes:
-    """Fit, measure, then add every node at the end (all or nothing)."""
+    """Fit, then measure against ``labels`` and add the nodes (:func:`_measure_to_scene`)."""
     started = time.perf_counter()
     template = template or load_template()
     torch_device = resolve_device(device)
@@ -300,45 +356,280 @@ def _reconstruct_to_scene(
         labels, ijk_to_ras, rules, template, weights=options.weights, steps=options.steps, use_mie=options.use_mie,
         device=torch_device, seed=options.seed, progress=fit_progress, should_stop=should_stop,
     )
-    if result.cancelled or (should_stop is not None and should_stop()):
-        raise ReconstructionCancelled("reconstruction cancelled; nothing was added to the scene")
+    if result.cancelled or _stopped(should_stop):
+        raise _cancelled()
     if result.missing:
         logging.getLogger(__name__).warning(
             "CardioReconstruct: no voxels (or too few) for %s; fitted %s",
             ", ".join(result.missing), ", ".join(result.names),
         )
-    _report(progress, _FIT_END, "measuring Dice, HD95, violations and watertightness")
-    meshes = dict(zip(result.names, result.meshes(), strict=True))
-    quality = evaluate_meshes(
-        meshes, labels, ijk_to_ras, {s.name: s.label for s in rules.structures}, rules,
-        vr_points=options.vr_points, svr_points=options.svr_points, seed=options.seed,
-    )
-    metrics = quality.to_dict() | dict(extra) | {
+    metrics = dict(extra) | {
+        "mode": "fit",
         "fitted": list(result.names),
         "device": str(torch_device),
         "steps": options.steps,
         "use_mie": options.use_mie,
-        "seconds": {**{f"fit_{k}": v for k, v in result.seconds.items()}, "total": time.perf_counter() - started},
+        "seconds": {f"fit_{k}": v for k, v in result.seconds.items()},
     }
+    reference = ReferenceLabels(labels, ijk_to_ras, {s.name: s.label for s in rules.structures})
+    return _measure_to_scene(
+        result, rules, template.names, reference, labels.shape, ijk_to_ras, sources,
+        folder_name=folder_name, metrics=metrics,
+        sampling=QualitySampling(options.vr_points, options.svr_points, options.seed), progress=progress,
+        started=started,
+    )
+
+
+def _measure_to_scene(
+    result: FitResult,
+    rules: RuleSet,
+    region_names: Sequence[str],
+    reference: ReferenceLabels | None,
+    shape: tuple[int, ...],
+    ijk_to_ras: np.ndarray,
+    sources: Mapping[str, list[str]],
+    *,
+    folder_name: str,
+    metrics: dict[str, Any],
+    sampling: QualitySampling,
+    progress: ProgressFn | None,
+    started: float,
+) -> ReconNodes:
+    """The shared end of Fit and Predict: measure the meshes (:func:`measure_quality`), then add
+    every node at the end (all or nothing), the output segmentation on the grid ``shape``,
+    ``ijk_to_ras``. ``metrics`` (mode-specific figures, with a ``"seconds"`` dict) is merged
+    into the quality figures; ``started``: ``time.perf_counter()`` at the start of the run."""
+    _report(progress, _FIT_END, "measuring the quality figures (violations, watertightness, Dice when labelled)")
+    meshes = dict(zip(result.names, result.meshes(), strict=True))
+    quality = measure_quality(meshes, rules, reference, shape, ijk_to_ras, sampling)
+    metrics = quality.to_dict() | metrics
     _report(progress, _EVAL_END, "adding the models, segmentation and tables")
-    nodes = _add_nodes(result, quality, rules, template, labels.shape, ijk_to_ras, sources, folder_name, metrics)
+    nodes = _add_nodes(result, quality, rules, region_names, shape, ijk_to_ras, sources, folder_name, metrics)
     metrics["seconds"]["total"] = time.perf_counter() - started
     _report(progress, 1.0, "done")
     return nodes
+
+
+def measure_quality(
+    meshes: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    rules: RuleSet,
+    reference: ReferenceLabels | None,
+    shape: tuple[int, ...],
+    ijk_to_ras: np.ndarray,
+    sampling: QualitySampling = QualitySampling(),
+) -> ReconMetrics:
+    """Quality figures of reconstructed meshes (:func:`cardiocore.recon.evaluate.evaluate_meshes`).
+
+    The reference figures (Dice, HD95, Chamfer; label volume) need labels; the others (volume,
+    LSE, watertightness, self-intersections, VR, SVR, and voxel VR on the grid) only the meshes.
+    Without ``reference`` the meshes are measured against an EMPTY label map on the grid
+    ``shape``, ``ijk_to_ras`` (cheap: no label surface to build), and the reference figures,
+    meaningless then, are set to NaN (None in JSON), label volume included. With a reference,
+    Dice, HD95 and Chamfer are NaN for the structures it has no voxels of.
+
+    Args:
+        meshes: structure -> (verts (V, 3) RAS mm, faces (F, 3) int64).
+        rules: the rules between the structures.
+        reference: reference labels, or None.
+        shape, ijk_to_ras: the grid (I, J, K) and its (4, 4) voxel-to-RAS matrix, mm, used for
+            voxel VR when there is no reference.
+        sampling: VR and SVR samples per rule and the seed.
+    """
+    labels = reference if reference is not None else ReferenceLabels(
+        np.zeros(shape, dtype=np.uint8), ijk_to_ras, dict.fromkeys(meshes, 1))
+    quality = evaluate_meshes(
+        meshes, labels.labels, labels.ijk_to_ras, labels.label_of, rules,
+        vr_points=sampling.vr_points, svr_points=sampling.svr_points, seed=sampling.seed,
+    )
+    nan = float("nan")
+    structures = {
+        name: m if m.label_volume_ml > 0 else dataclasses.replace(
+            m, dice=nan, hd95_mm=nan, chamfer_mm=nan, label_volume_ml=m.label_volume_ml if reference is not None else nan)
+        for name, m in quality.structures.items()
+    }
+    return dataclasses.replace(quality, structures=structures)
+
+
+# ---------------------------------------------------------------------------- predict mode
+def load_predictor(model_path: str | os.PathLike | None = None, device: str | torch.device = "auto") -> MeshPredictor:
+    """The Predict-mode network of ``model_path`` (a file written by ``cardio recon train``), or
+    the bundled one (:data:`cardiocore.recon.predict.BUNDLED_PREDICTOR`) when None, in eval mode
+    on ``device`` ("auto": CUDA when available).
+
+    Raises:
+        WeightsError: missing, unreadable or incompatible weights (the bundled model is not
+            installed, the file is not a predictor, ...).
+    """
+    if model_path:
+        return MeshPredictor.load(Path(model_path).expanduser(), select_device(device))
+    return MeshPredictor.from_bundled(device=str(device))
+
+
+def model_problem(model_path: str | os.PathLike | None = None) -> str | None:
+    """Why Predict mode cannot run with ``model_path`` (None: the bundled model), in one sentence
+    for the user, or None when the weights are there. Cheap: nothing is loaded."""
+    from cardiocore.weights import resolve_model
+
+    if model_path:
+        path = Path(model_path).expanduser()
+        return None if path.is_file() else f"model file {str(path)!r} does not exist"
+    try:
+        resolve_model(BUNDLED_PREDICTOR)
+    except WeightsError as error:
+        return (f"the bundled Predict model {BUNDLED_PREDICTOR!r} is not installed ({error}); choose a model "
+                "file trained with 'cardio recon train', or segment the image and use Fit")
+    return None
+
+
+def _image_of(volume_node: Any) -> tuple[np.ndarray, np.ndarray, str]:
+    """(image (I, J, K), ijk_to_ras (4, 4), name for errors) of a scalar image volume node (a copy).
+
+    Raises:
+        CardioInputError: no scalar volume, or a labelmap. VolumeError: no voxels, several
+            components per voxel.
+    """
+    if volume_node is None or not volume_node.IsA("vtkMRMLScalarVolumeNode"):
+        raise CardioInputError("input", f"expected a scalar (CT or MR) volume node, got {describe_node(volume_node)}",
+                               "select the image volume")
+    what = f"volume {volume_node.GetName()!r}"
+    if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise CardioInputError(what, "is a labelmap, and Predict mode reads a CT or MR image",
+                               "use Fit mode for a labelmap or segmentation")
+    image, ijk_to_ras = volume_to_array(volume_node)
+    if image.ndim != 3:
+        raise VolumeError(what, f"has {image.shape[3]} components per voxel",
+                          "Predict mode reads one intensity per voxel: choose a scalar (grey-scale) volume")
+    return image, ijk_to_ras, what
+
+
+def _reference_of(
+    node: Any, mapping: Mapping[str, str] | None, rules: RuleSet, volume_node: Any
+) -> tuple[ReferenceLabels | None, dict[str, list[str]], dict[str, Any]]:
+    """Reference labels for the quality figures from a labelmap (its grid, ``rules``' coding)
+    or a segmentation node (on ``volume_node``'s grid), the segments (or labels) of each
+    structure, and what the metrics should say about them; (None, {}, {}) when ``node`` is None.
+
+    Raises:
+        CardioInputError: another kind of node, or no structure of ``rules`` in it.
+    """
+    if node is None:
+        return None, {}, {}
+    if node.IsA("vtkMRMLSegmentationNode"):
+        labels, ijk_to_ras, sources, named_mapping = _segmentation_labels(node, mapping, rules, volume_node)
+        extra: dict[str, Any] = {"mapping": named_mapping}
+    elif node.IsA("vtkMRMLLabelMapVolumeNode"):
+        labels, ijk_to_ras = volume_to_array(node)
+        sources, extra = {s.name: [f"label {s.label}"] for s in rules.structures}, {}
+    else:
+        raise CardioInputError("reference labels",
+                               f"expected a labelmap or segmentation node, got {describe_node(node)}")
+    label_of = {s.name: s.label for s in rules.structures}
+    if not np.isin(labels, list(label_of.values())).any():
+        raise CardioInputError(f"reference labels {node.GetName()!r}", "hold no structure of the label coding",
+                               "labels: " + ", ".join(f"{name} {label}" for name, label in label_of.items()))
+    return ReferenceLabels(labels, ijk_to_ras, label_of), sources, extra | {"reference": node.GetName()}
+
+
+def reconstruct_from_volume(
+    volume_node: Any,
+    *,
+    predictor: MeshPredictor | None = None,
+    model_path: str | os.PathLike | None = None,
+    structures: Sequence[str] | None = None,
+    reference_labels: Any = None,
+    mapping: Mapping[str, str] | None = None,
+    rules: RuleSpec = None,
+    device: str | torch.device = "auto",
+    centre_ras: Sequence[float] | None = None,
+    vr_points: int = VR_POINTS,
+    svr_points: int = SVR_POINTS,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    folder_name: str | None = None,
+) -> ReconNodes:
+    """Predict mode: multi-chamber meshes predicted from a CT or MR image by a trained network
+    (:func:`cardiocore.recon.predict.predict_meshes`), added to the scene as new nodes, the
+    same outputs as Fit mode (the output segmentation on the image's grid).
+
+    Args:
+        volume_node: ``vtkMRMLScalarVolumeNode`` holding the image (any orientation and
+            spacing; never modified).
+        predictor: the network; default ``model_path``'s, else the bundled one (:func:`load_predictor`).
+        model_path: a predictor file (``cardio recon train``), used when ``predictor`` is None.
+        structures: the structures to output (default every one the network predicts).
+        reference_labels: optional labelmap (coded as ``rules`` says) or segmentation node
+            (segments mapped by ``mapping``, default guessed from their names) to measure Dice,
+            HD95 and Chamfer against; without it those figures are None (:func:`measure_quality`).
+        rules: the rule set and label coding (default: the seven-structure cardiac set).
+        device: where the network runs when it is loaded here ("auto": CUDA when available).
+        centre_ras: (3,) RAS mm centre of the network's field of view (default the image centre).
+        vr_points, svr_points, seed: quality sampling (:func:`measure_quality`).
+        progress: ``progress(fraction, message)``; should_stop: polled before and after the network.
+        folder_name: subject-hierarchy folder name (default "CardioReconstruct <volume name>").
+
+    Returns:
+        :class:`ReconNodes`; ``metrics["warnings"]`` holds the network's warnings (resampling,
+        anisotropy), which are logged too.
+
+    Raises:
+        CardioInputError: no scalar volume, a labelmap as image, bad reference labels, unknown
+            structures. VolumeError (naming the volume): a 2-D volume, several components per
+            voxel, an unusable matrix. WeightsError: no such or no bundled model.
+        ReconstructionCancelled: ``should_stop`` returned True. Nothing is added to the scene in
+            any of these cases.
+    """
+    started = time.perf_counter()
+    _report(progress, 0.0, "reading the image")
+    image, ijk_to_ras, what = _image_of(volume_node)
+    rule_set = resolve_rule_set(rules)
+    reference, sources, extra = _reference_of(reference_labels, mapping, rule_set, volume_node)
+    if predictor is None:
+        predictor = load_predictor(model_path, device)
+    if _stopped(should_stop):
+        raise _cancelled()
+
+    def net_progress(fraction: float, message: str) -> None:
+        _report(progress, _FIT_START + (_FIT_END - _FIT_START) * fraction, message)
+
+    try:
+        result, warnings = predict_meshes(image, ijk_to_ras, predictor, centre_ras=centre_ras,
+                                          structures=structures, progress=net_progress)
+    except VolumeError as error:  # the checks call the array "image": name the node instead
+        raise VolumeError(what, error.problem, error.hint) from error
+    if _stopped(should_stop):
+        raise _cancelled()
+    for warning in warnings:
+        logging.getLogger(__name__).warning("CardioReconstruct Predict, %s: %s", what, warning)
+    metrics = extra | {
+        "mode": "predict",
+        "predicted": list(result.names),
+        "missing": list(result.missing),
+        "warnings": list(warnings),
+        "model": str(model_path) if model_path else predictor.card.get("name", "unnamed model"),
+        "device": str(next(predictor.net.parameters()).device),
+        "seconds": {f"predict_{k}": v for k, v in result.seconds.items()},
+    }
+    return _measure_to_scene(
+        result, rule_set.subset(result.names), predictor.names, reference, image.shape, ijk_to_ras, sources,
+        folder_name=folder_name or f"CardioReconstruct {volume_node.GetName()}", metrics=metrics,
+        sampling=QualitySampling(vr_points, svr_points, seed), progress=progress, started=started,
+    )
 
 
 def _add_nodes(
     result: FitResult,
     quality: ReconMetrics,
     rules: RuleSet,
-    template: HeartTemplate,
+    region_names: Sequence[str],
     shape: tuple[int, ...],
     ijk_to_ras: np.ndarray,
     sources: Mapping[str, list[str]],
     folder_name: str,
     metrics: dict[str, Any],
 ) -> ReconNodes:
-    """All output nodes, or none: nodes made before an error are removed again."""
+    """All output nodes, or none: nodes made before an error are removed again. A model's
+    region array holds its structure's index in ``region_names`` (the template's order)."""
     scene = slicer_app().scene
     created: list[Any] = []
     try:
@@ -346,7 +637,7 @@ def _add_nodes(
         models = {}
         masks = {}
         for name, (verts, faces) in zip(result.names, result.meshes(), strict=True):
-            region = np.full(verts.shape[0], template.names.index(name), dtype=np.int32)
+            region = np.full(verts.shape[0], list(region_names).index(name), dtype=np.int32)
             models[name] = mesh_to_model(verts.numpy(), faces.numpy(), name=f"{folder_name} {name}",
                                          point_data={REGION_ARRAY: region}, color=colours[name])
             created.append(models[name])
@@ -422,7 +713,53 @@ def remove_outputs(nodes: ReconNodes) -> None:
     scene.GetSubjectHierarchyNode().RemoveItem(nodes.folder_item_id)
 
 
-# ---------------------------------------------------------------------------- files (cardio recon fit)
+# ---------------------------------------------------------------------------- files (cardio recon fit, predict)
+def _checked_out_dir(out_dir: str | os.PathLike, names: Sequence[str], overwrite: bool) -> Path:
+    """The output folder, refused before any work when it is a file or (without ``overwrite``)
+    already holds ``<name>.vtk`` for one of ``names``, ``meshes.seg.nrrd`` or ``metrics.json``."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CardioInputError(str(out), "exists and is not a folder")
+    targets = [out / f"{name}.vtk" for name in names] + [out / SEGMENTATION_FILE, out / METRICS_FILE]
+    existing = [t.name for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise CardioInputError(str(out), f"already holds {', '.join(existing)}",
+                               "choose another folder or pass --overwrite")
+    return out
+
+
+@contextmanager
+def _file_nodes(*files: tuple[str | os.PathLike, str]) -> Iterator[list[Any]]:
+    """Nodes read from ``(path, kind)`` files (:func:`read_node`), removed from the scene when
+    the block ends (also when a later file cannot be read)."""
+    scene = slicer_app().scene
+    nodes: list[Any] = []
+    try:
+        for path, kind in files:
+            nodes.append(read_node(path, kind=kind))
+        yield nodes
+    finally:
+        for node in nodes:
+            remove_with_helpers(scene, node)
+
+
+def _write_outputs(nodes: ReconNodes, out: Path, overwrite: bool, inputs: Mapping[str, str]) -> dict[str, Any]:
+    """Write ``out/<structure>.vtk`` (RAS mm), ``out/meshes.seg.nrrd`` and ``out/metrics.json``
+    (the metrics plus ``inputs``), each atomically, then remove the nodes from the scene.
+    Returns the metrics written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, node in nodes.model_nodes.items():
+            write_node(node, out / f"{name}.vtk", overwrite=overwrite, coordinate_system="RAS")
+        write_node(nodes.segmentation_node, out / SEGMENTATION_FILE, overwrite=overwrite)
+        metrics = nodes.metrics | dict(inputs)
+        with atomic_write(out / METRICS_FILE) as stream:
+            stream.write(json.dumps(metrics, indent=2).encode())
+    finally:
+        remove_outputs(nodes)
+    return metrics
+
+
 def fit_label_file(
     labels_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -457,32 +794,60 @@ def fit_label_file(
             written atomically; the nodes used on the way are removed from the scene.
     """
     rules = resolve_rule_set(structures)
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise CardioInputError(str(out), "exists and is not a folder")
-    targets = [out / f"{name}.vtk" for name in rules.names] + [out / SEGMENTATION_FILE, out / METRICS_FILE]
-    existing = [t.name for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise CardioInputError(str(out), f"already holds {', '.join(existing)}",
-                               "choose another folder or pass --overwrite")
-    app = slicer_app()
-    labelmap = read_node(labels_path, kind="labelmap")
-    try:
+    out = _checked_out_dir(out_dir, rules.names, overwrite)
+    with _file_nodes((labels_path, "labelmap")) as (labelmap,):
         nodes = reconstruct_from_labelmap(labelmap, rules=rules, steps=steps, use_mie=use_mie, device=device,
                                           vr_points=vr_points, svr_points=svr_points, progress=progress)
-    finally:
-        remove_with_helpers(app.scene, labelmap)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, node in nodes.model_nodes.items():
-            write_node(node, out / f"{name}.vtk", overwrite=overwrite, coordinate_system="RAS")
-        write_node(nodes.segmentation_node, out / SEGMENTATION_FILE, overwrite=overwrite)
-        metrics = nodes.metrics | {"labels": str(Path(labels_path).resolve())}
-        with atomic_write(out / METRICS_FILE) as stream:
-            stream.write(json.dumps(metrics, indent=2).encode())
-    finally:
-        remove_outputs(nodes)
-    return metrics
+    return _write_outputs(nodes, out, overwrite, {"labels": str(Path(labels_path).resolve())})
+
+
+def predict_image_file(
+    image_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    structures: RuleSpec = "default",
+    labels_path: str | os.PathLike | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    vr_points: int = VR_POINTS,
+    svr_points: int = SVR_POINTS,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """``cardio recon predict``: predict the meshes of a CT or MR image file and write the same
+    files as :func:`fit_label_file` (``out_dir/<structure>.vtk``, ``meshes.seg.nrrd`` on the
+    image's grid, ``metrics.json``).
+
+    Args:
+        image_path: the image (.nrrd, .nii, .nii.gz), read as a scalar volume.
+        out_dir: output folder (created if needed).
+        model: a predictor file written by ``cardio recon train``; default the bundled model.
+        structures: the label coding of ``labels_path`` ("default", "mmwhs", ... or a rule-set
+            JSON file) and the rules measured.
+        labels_path: optional reference label map for Dice, HD95 and Chamfer.
+        device, overwrite, vr_points, svr_points, progress: as :func:`fit_label_file`.
+
+    Returns:
+        the metrics dict written to ``metrics.json`` (with ``warnings`` from the network).
+
+    Raises:
+        CardioInputError: an unreadable file, a reference without any structure of the coding,
+            or (without ``overwrite``) output files already there, checked before any work.
+            WeightsError: no such model file, or the bundled model is not installed.
+    """
+    rules = resolve_rule_set(structures)
+    out = _checked_out_dir(out_dir, rules.names, overwrite)
+    predictor = load_predictor(model, device)
+    files = [(image_path, "volume")] + ([(labels_path, "labelmap")] if labels_path else [])
+    with _file_nodes(*files) as read:
+        nodes = reconstruct_from_volume(read[0], predictor=predictor, rules=rules,
+                                        reference_labels=read[1] if labels_path else None,
+                                        vr_points=vr_points, svr_points=svr_points, progress=progress)
+    inputs = {"image": str(Path(image_path).resolve()),
+              "model": str(Path(model).expanduser().resolve()) if model else BUNDLED_PREDICTOR}
+    if labels_path:
+        inputs["labels"] = str(Path(labels_path).resolve())
+    return _write_outputs(nodes, out, overwrite, inputs)
 
 
 # ---------------------------------------------------------------------------- demo part
@@ -560,17 +925,20 @@ def recon_demo_part(
 
 
 def summary_text(metrics: Mapping[str, Any]) -> str:
-    """A few lines for a status display: per structure Dice and volume, the worst rule, the mesh
-    checks, missing structures and the time taken."""
+    """A few lines for a status display: per structure Dice (when measured) and volume, the worst
+    rule, the mesh checks, missing structures, Predict-mode warnings and the time taken."""
     summary = metrics["summary"]
     lines = [
-        f"{name}: Dice {m['dice']:.3f}, {m['volume_ml']:.1f} ml" for name, m in metrics["structures"].items()
+        (f"{name}: Dice {m['dice']:.3f}, " if m["dice"] is not None else f"{name}: ") + f"{m['volume_ml']:.1f} ml"
+        for name, m in metrics["structures"].items()
     ]
     lines.append(f"max VR {summary['max VR (%)']:.2f} %, max SVR {summary['max SVR (%)']:.2f} %; "
                  f"watertight: {'all' if summary['all watertight'] else 'NOT all'}; "
                  f"self-intersections: {summary['self-intersections']}")
     absent = sorted(set(metrics.get("missing", [])) | set(metrics.get("unmapped", [])))
     if absent:
-        lines.append(f"not reconstructed (no segment or no voxels): {', '.join(absent)}")
-    lines.append(f"{metrics['steps']} steps on {metrics['device']}, {metrics['seconds']['total']:.1f} s")
+        lines.append(f"not reconstructed (no segment, no voxels or not predicted): {', '.join(absent)}")
+    lines += [f"warning: {warning}" for warning in metrics.get("warnings", [])]
+    how = f"{metrics['steps']} steps" if metrics["mode"] == "fit" else f"predicted by {metrics['model']}"
+    lines.append(f"{how} on {metrics['device']}, {metrics['seconds']['total']:.1f} s")
     return "\n".join(lines)

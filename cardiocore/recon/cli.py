@@ -1,4 +1,4 @@
-"""``cardio recon fit | eval`` and ``cardio bench recon``.
+"""``cardio recon fit | predict | train | eval`` and ``cardio bench recon``.
 
 Label maps (``--labels``) are NIfTI files (``.nii``/``.nii.gz``, read with ``nibabel``) or
 ``.npz`` files holding ``labels`` and ``ijk_to_ras``; ``--structures`` names their label coding:
@@ -6,7 +6,9 @@ Label maps (``--labels``) are NIfTI files (``.nii``/``.nii.gz``, read with ``nib
 ``mmwhs-reindexed`` or a rule-set JSON file (:mod:`cardiocore.recon.rules`). Mesh folders hold
 one ``<structure>.vtk`` per structure in RAS mm (Slicer's file conventions on disk).
 
-Predict mode (``cardio recon predict``/``train``) is not offered: there are no trained weights.
+``cardio recon train`` takes several label maps, each ``FILE`` in the ``--structures`` coding or
+``FILE@CODING`` with its own; ``--eval-labels`` are held out and scored on synthetic images at the
+end. ``cardio recon predict`` runs a trained network (default: the bundled one) on an image.
 """
 
 from __future__ import annotations
@@ -39,14 +41,28 @@ def _print_fit_summary(metrics: dict[str, Any], out: Path) -> None:
           + (f" in {seconds:.1f} s" if seconds is not None else ""))
 
 
+def _report(fraction: float, message: str) -> None:
+    """Progress of a fit or prediction on stdout."""
+    print(f"{100 * fraction:5.1f} % {message}", flush=True)
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from cardiocore.mrml.recon import fit_label_file
 
-    def report(fraction: float, message: str) -> None:
-        print(f"{100 * fraction:5.1f} % {message}", flush=True)
-
     metrics = fit_label_file(args.labels, args.out, structures=args.structures, steps=args.steps,
-                             device=args.device, overwrite=args.overwrite, progress=report)
+                             device=args.device, overwrite=args.overwrite, progress=_report)
+    _print_fit_summary(metrics, Path(args.out))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from cardiocore.mrml.recon import predict_image_file
+
+    metrics = predict_image_file(args.image, args.out, model=args.model, structures=args.structures,
+                                 labels_path=args.labels, device=args.device, overwrite=args.overwrite,
+                                 progress=_report)
+    for warning in metrics["warnings"]:
+        print(f"warning: {warning}")
     _print_fit_summary(metrics, Path(args.out))
     return 0
 
@@ -90,6 +106,62 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_coding(item: str, default: str) -> tuple[str, str]:
+    """``FILE@CODING`` -> (FILE, CODING); a bare FILE gets ``default``."""
+    path, _, coding = item.rpartition("@") if "@" in item else (item, "", default)
+    return path, coding or default
+
+
+def _load_cases(items: list[str], default: str, spacing_mm: float) -> list[Any]:
+    from cardiocore.recon.synth import load_cases
+
+    cases = []
+    for item in items:
+        path, coding = _split_coding(item, default)
+        cases.extend(load_cases([path], coding, spacing_mm=spacing_mm))
+    return cases
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from cardiocore.recon.predict_eval import evaluate_on_synthetic, summarise
+    from cardiocore.recon.predict_net import PredictNetSpec
+    from cardiocore.recon.predict_train import PredictTrainingSpec, train_predictor
+    from cardiocore.recon.template import load_template
+    from cardiocore.train.atomic import atomic_write
+
+    net = PredictNetSpec(grid_size=args.grid_size, spacing_mm=args.spacing_mm)
+    spec = PredictTrainingSpec(net=net, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                               device=args.device)
+    if args.no_mie:
+        spec.weights = dataclasses.replace(spec.weights, mie=0.0)
+    cases = _load_cases(args.labels, args.structures, args.case_spacing_mm)
+    held_out = _load_cases(args.eval_labels or [], args.structures, args.case_spacing_mm)
+    print(f"training on {len(cases)} label maps: {', '.join(c.name for c in cases)}", flush=True)
+
+    def report(step: int, total: int, metrics: dict[str, float]) -> None:
+        if step % max(1, total // 100) == 0 or step == total:
+            shown = ", ".join(f"{k} {v:.3g}" for k, v in sorted(metrics.items()))
+            print(f"step {step}/{total}: {shown}", flush=True)
+
+    trained = train_predictor(cases, load_template(args.template), args.out, spec, name=args.name,
+                              data_description=args.data_description or "", data_license=args.data_license or "",
+                              resume=args.resume, overwrite=args.overwrite, progress=report)
+    print(f"model written to {trained.model_path} after {trained.result.step} steps")
+    if held_out:
+        rows = evaluate_on_synthetic(trained.predictor, held_out, images_per_case=args.eval_images, seed=args.seed,
+                                     progress=print)
+        summary = summarise(rows, trained.predictor.names)
+        trained.predictor.card["held_out"] = {"cases": [c.name for c in held_out], "images_per_case": args.eval_images,
+                                              **summary}
+        trained.predictor.save(trained.model_path, overwrite=True)
+        with atomic_write(Path(args.out) / "held_out.json") as stream:
+            stream.write(json.dumps({"rows": rows, "summary": summary}, indent=2).encode())
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_bench_recon(args: argparse.Namespace) -> int:
     from cardiocore.bench.recon import (
         MMWHS_SPACING_MM,
@@ -115,8 +187,8 @@ def _cmd_bench_recon(args: argparse.Namespace) -> int:
 
 
 def add_recon_commands(commands: Any) -> None:
-    """Register ``cardio recon fit`` and ``cardio recon eval`` on the top-level subparsers."""
-    recon = commands.add_parser("recon", help="CardioReconstruct: multi-chamber heart meshes from a label map")
+    """Register ``cardio recon fit | predict | train | eval`` on the top-level subparsers."""
+    recon = commands.add_parser("recon", help="CardioReconstruct: multi-chamber heart meshes from a label map or an image")
     verbs = recon.add_subparsers(dest="verb", required=True)
 
     fit = verbs.add_parser("fit", help="deform the bundled template to a label map (no training)")
@@ -128,6 +200,16 @@ def add_recon_commands(commands: Any) -> None:
     fit.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     fit.set_defaults(handler=_cmd_fit)
 
+    predict = verbs.add_parser("predict", help="predict the meshes from a CT or MR image with a trained network")
+    predict.add_argument("--image", required=True, help="CT or MR image (.nrrd, .nii, .nii.gz)")
+    predict.add_argument("--out", required=True, help="output folder (<structure>.vtk, meshes.seg.nrrd, metrics.json)")
+    predict.add_argument("--model", help="predictor file from cardio recon train (default: the bundled model)")
+    predict.add_argument("--labels", help="optional reference label map: Dice, HD95 and Chamfer against it")
+    predict.add_argument("--structures", default="default", help=STRUCTURES_HELP + "; the coding of --labels")
+    predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    predict.add_argument("--overwrite", action="store_true", help="replace files already in --out")
+    predict.set_defaults(handler=_cmd_predict)
+
     evaluate = verbs.add_parser("eval", help="Dice, HD95, Chamfer, VR/SVR per rule, LSE, watertightness")
     evaluate.add_argument("--meshes", required=True, help="folder with one <structure>.vtk per structure")
     evaluate.add_argument("--labels", required=True, help="label map (.nii, .nii.gz, or .npz with labels, ijk_to_ras)")
@@ -135,6 +217,31 @@ def add_recon_commands(commands: Any) -> None:
     evaluate.add_argument("--out", required=True, help="JSON file for the figures")
     evaluate.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     evaluate.set_defaults(handler=_cmd_eval)
+
+    train = verbs.add_parser("train", help="train the Predict-mode network on synthetic images of label maps")
+    train.add_argument("--labels", nargs="+", required=True,
+                       help="training label maps: FILE (coded as --structures) or FILE@CODING")
+    train.add_argument("--structures", default="default", help=STRUCTURES_HELP)
+    train.add_argument("--eval-labels", nargs="*", help="held-out label maps scored on synthetic images at the end")
+    train.add_argument("--eval-images", type=int, default=4, help="synthetic images per held-out label map (default 4)")
+    train.add_argument("--out", required=True, help="output folder (model.pt, checkpoints/, held_out.json)")
+    train.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    train.add_argument("--batch", type=int, default=1, help="images per step (default 1)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    train.add_argument("--grid-size", type=int, default=64, help="network grid, voxels per side (default 64)")
+    train.add_argument("--spacing-mm", type=float, default=3.0, help="network grid spacing, mm (default 3)")
+    train.add_argument("--case-spacing-mm", type=float, default=1.0,
+                       help="label maps are subsampled to this spacing for synthesis, mm (default 1)")
+    train.add_argument("--template", help="template .npz (default: the bundled one)")
+    train.add_argument("--no-mie", action="store_true", help="train without the MIE term (ablation)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--name", default="user", help="model name for the model card")
+    train.add_argument("--data-description", help="training data, for the model card")
+    train.add_argument("--data-license", help="licence of the training data, for the model card")
+    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.add_argument("--overwrite", action="store_true", help="replace a model or checkpoints in --out")
+    train.set_defaults(handler=_cmd_train)
 
 
 def add_recon_bench(suites: Any) -> None:
