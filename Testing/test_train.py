@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -25,6 +26,7 @@ from cardiocore.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from cardiocore.train.atomic import atomic_write, write_json
 from cardiocore.train.device import amp_policy, seed_everything, select_device
 from cardiocore.train.loop import StepContext, TrainConfig, Trainer
 
@@ -405,3 +407,14 @@ def test_cuda_mixed_precision_run_resumes_exactly(tmp_path):
     resumed = cuda_trainer(tmp_path / "run")
     assert resumed.fit(resume=True).step == TOTAL_STEPS
     assert_bitwise_equal(resumed.model.state_dict(), reference.model.state_dict())
+
+
+def test_write_json_turns_non_finite_floats_into_null_and_files_are_readable(tmp_path) -> None:
+    target = tmp_path / "figures.json"
+    write_json(target, {"dice": float("nan"), "hd95": [1.5, float("inf")], "n": np.int64(3), "t": torch.tensor(2.0)})
+    assert json.loads(target.read_text()) == {"dice": None, "hd95": [1.5, None], "n": 3.0, "t": 2.0}
+    assert target.stat().st_mode & 0o777 == 0o644  # not the 0600 of the temporary file
+    target.chmod(0o600)
+    with atomic_write(target) as stream:
+        stream.write(b"{}")
+    assert target.stat().st_mode & 0o777 == 0o600  # a replaced file keeps its permissions

@@ -155,7 +155,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from cardiocore.train.atomic import atomic_write
+    from cardiocore.train.atomic import write_json
 
     out = Path(args.out)
     if (out / "metrics.json").exists() and not args.overwrite:
@@ -182,8 +182,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             plots_dir=out, overwrite=args.overwrite, progress=print,
         )
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "metrics.json") as stream:
-        stream.write(json.dumps(result, indent=2, default=float).encode())
+    write_json(out / "metrics.json", result)
     print(format_report(result))
     print(f"metrics written to {out / 'metrics.json'}")
     return 0
@@ -204,7 +203,9 @@ def _cmd_bench_gen(args: argparse.Namespace) -> int:
     rows = run_gen_benchmarks(model, reference, n=args.n, device=args.device, quick=args.quick)
     print(format_gen_rows(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2, default=float))
+        from cardiocore.train.atomic import write_json
+
+        write_json(args.json, rows)
     return 0
 
 

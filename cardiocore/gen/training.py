@@ -44,7 +44,7 @@ from cardiocore.gen.model import CONDITION_NAMES, DIFFUSION_KEYS, CardioGenModel
 from cardiocore.gen.vae import KLAnnealing, VAEObjective
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.geometry.volume import cavity_volume_ml
-from cardiocore.train.checkpoint import load_checkpoint
+from cardiocore.train.checkpoint import json_ready, load_checkpoint
 from cardiocore.train.loop import TrainConfig, Trainer, TrainResult
 
 GenProgress = Callable[[str, int, int, Mapping[str, float]], None]
@@ -126,15 +126,6 @@ class GenTrainingSpec:
         fields = list(VAE_FIELDS) if stage == "vae" else [*VAE_FIELDS, *DIFFUSION_FIELDS]
         values = self.to_dict()
         return {name: values[name] for name in fields}
-
-
-def json_ready(value: Any) -> Any:
-    """Tuples to lists, recursively (what JSON and checkpoint configs compare equal to)."""
-    if isinstance(value, Mapping):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
 
 
 @dataclass

@@ -24,7 +24,6 @@ fit`` and ``cardio recon predict`` commands' bodies, :func:`recon_demo_part` the
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -53,7 +52,7 @@ from cardiocore.recon.fit import FitResult, FitWeights, fit_template
 from cardiocore.recon.predict import BUNDLED_PREDICTOR, MeshPredictor, predict_meshes
 from cardiocore.recon.rules import RuleSet, guess_structure, resolve_rule_set
 from cardiocore.recon.template import HeartTemplate, load_template
-from cardiocore.train.atomic import atomic_write
+from cardiocore.train.atomic import write_json
 from cardiocore.train.device import select_device
 
 ProgressFn = Callable[[float, str], None]
@@ -753,8 +752,7 @@ def _write_outputs(nodes: ReconNodes, out: Path, overwrite: bool, inputs: Mappin
             write_node(node, out / f"{name}.vtk", overwrite=overwrite, coordinate_system="RAS")
         write_node(nodes.segmentation_node, out / SEGMENTATION_FILE, overwrite=overwrite)
         metrics = nodes.metrics | dict(inputs)
-        with atomic_write(out / METRICS_FILE) as stream:
-            stream.write(json.dumps(metrics, indent=2).encode())
+        write_json(out / METRICS_FILE, metrics)
     finally:
         remove_outputs(nodes)
     return metrics

@@ -86,7 +86,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from cardiocore.recon.rules import resolve_rule_set
     from cardiocore.mrml.storage import read_node
     from cardiocore.mrml.volumes import volume_to_array
-    from cardiocore.train.atomic import atomic_write
+    from cardiocore.train.atomic import write_json
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -100,8 +100,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if metrics.missing:
         print(f"no mesh for: {', '.join(metrics.missing)}")
     report = {"labels": str(args.labels), "meshes": str(args.meshes)} | metrics.to_dict()
-    with atomic_write(out) as stream:
-        stream.write(json.dumps(report, indent=2).encode())
+    write_json(out, report)
     print(f"metrics written to {out}")
     return 0
 
@@ -129,7 +128,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from cardiocore.recon.predict_net import PredictNetSpec
     from cardiocore.recon.predict_train import PredictTrainingSpec, train_predictor
     from cardiocore.recon.template import load_template
-    from cardiocore.train.atomic import atomic_write
+    from cardiocore.train.atomic import write_json
 
     net = PredictNetSpec(grid_size=args.grid_size, spacing_mm=args.spacing_mm)
     spec = PredictTrainingSpec(net=net, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
@@ -156,10 +155,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trained.predictor.card["held_out"] = {"cases": [c.name for c in held_out], "images_per_case": args.eval_images,
                                               **summary}
         trained.predictor.save(trained.model_path, overwrite=True)
-        with atomic_write(Path(args.out) / "held_out.json") as stream:
-            stream.write(json.dumps({"rows": rows, "summary": summary}, indent=2).encode())
+        write_json(Path(args.out) / "held_out.json", {"rows": rows, "summary": summary})
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _bench_predict(args: argparse.Namespace) -> dict[str, Any]:
+    """The Predict-mode part of ``cardio bench recon``: speed/memory rows, held-out accuracy."""
+    from cardiocore.bench.recon import format_table
+    from cardiocore.bench.recon_predict import predict_accuracy_rows, predict_speed_rows
+    from cardiocore.mrml.recon import load_predictor
+
+    predictor = load_predictor(args.model, args.device)
+    print(f"Predict mode: model {args.model or 'bundled'} on {next(predictor.net.parameters()).device}")
+    speed = predict_speed_rows(predictor, large=not args.quick)
+    print(format_table(speed, ("input", "device", "threads", "median_s", "target_s", "meets", "input_mb",
+                               "peak_rss_growth_mb")))
+    report: dict[str, Any] = {"predict_speed": speed}
+    if args.held_out:
+        cases = _load_cases(args.held_out, "default", args.case_spacing_mm)
+        rows, summary = predict_accuracy_rows(predictor, cases, images_per_case=args.eval_images)
+        dice_columns = [f"dice_{n}" for n in predictor.names]
+        print(format_table(rows, ("case", "image", *dice_columns, "chamfer_mm", "max_vr_percent")))
+        print(format_table([summary], ("case", "worst_chamber_dice", "dice_target", "meets", "median_chamfer_mm",
+                                       "median_max_vr_percent")))
+        report["predict_held_out"] = {"rows": rows, "summary": summary}
+    return report
 
 
 def _cmd_bench_recon(args: argparse.Namespace) -> int:
@@ -170,19 +191,23 @@ def _cmd_bench_recon(args: argparse.Namespace) -> int:
         phantom_cases,
         run_recon_benchmarks,
     )
-    from cardiocore.train.atomic import atomic_write
+    from cardiocore.train.atomic import write_json
 
-    if args.quick:
-        cases = []
-    elif args.data:
-        cases = mmwhs_cases(args.data, spacing_mm=args.spacing_mm or MMWHS_SPACING_MM, n=args.cases)
-    else:
-        cases = phantom_cases(args.cases or 3)
-    rows = run_recon_benchmarks(cases, steps=args.steps, device=args.device, quick=args.quick, progress=print)
-    print(format_recon_rows(rows))
+    report: dict[str, Any] = {}
+    if not args.predict_only:
+        if args.quick:
+            cases = []
+        elif args.data:
+            cases = mmwhs_cases(args.data, spacing_mm=args.spacing_mm or MMWHS_SPACING_MM, n=args.cases)
+        else:
+            cases = phantom_cases(args.cases or 3)
+        rows = run_recon_benchmarks(cases, steps=args.steps, device=args.device, quick=args.quick, progress=print)
+        print(format_recon_rows(rows))
+        report["ablation"] = rows
+    if args.predict or args.predict_only:
+        report |= _bench_predict(args)
     if args.json:
-        with atomic_write(args.json) as stream:
-            stream.write(json.dumps(rows, indent=2).encode())
+        write_json(args.json, report)
     return 0
 
 
@@ -253,6 +278,13 @@ def add_recon_bench(suites: Any) -> None:
     bench.add_argument("--spacing-mm", type=float,
                        help="voxel size, mm, the --data label maps are subsampled to (default 2)")
     bench.add_argument("--quick", action="store_true", help="one small phantom, short fits: a smoke test, not the figures")
-    bench.add_argument("--json", help="also write the rows to this JSON file")
+    bench.add_argument("--predict", action="store_true", help="also time Predict mode (128^3 and 512x512x300 inputs)")
+    bench.add_argument("--predict-only", action="store_true", help="only the Predict-mode figures, no ablation")
+    bench.add_argument("--model", help="Predict model file (default: the bundled one)")
+    bench.add_argument("--held-out", nargs="*",
+                       help="held-out label maps (FILE@CODING) scored on synthetic images by the Predict model")
+    bench.add_argument("--eval-images", type=int, default=4, help="synthetic images per held-out label map (default 4)")
+    bench.add_argument("--case-spacing-mm", type=float, default=1.0, help="held-out label maps are subsampled to this, mm")
+    bench.add_argument("--json", help="also write the figures to this JSON file")
     bench.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     bench.set_defaults(handler=_cmd_bench_recon)

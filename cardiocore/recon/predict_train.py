@@ -48,7 +48,7 @@ from cardiocore.recon.predict_net import MeshPredictionNet, PredictNetSpec
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.synth import LabelCase, SynthOptions, label_lookup, synthesize_sample
 from cardiocore.recon.template import HeartTemplate
-from cardiocore.train.checkpoint import load_checkpoint
+from cardiocore.train.checkpoint import json_ready, load_checkpoint
 from cardiocore.train.loop import TrainConfig, Trainer, TrainResult
 
 MODEL_FILE = "model.pt"
@@ -95,15 +95,6 @@ class PredictTrainingSpec:
         values.pop("device")
         values["net"] = self.net.to_dict()
         return json_ready(values)
-
-
-def json_ready(value: Any) -> Any:
-    """Tuples to lists, recursively (JSON round-trips compare equal)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
 
 
 class SyntheticImages(Dataset):

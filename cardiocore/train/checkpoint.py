@@ -212,3 +212,14 @@ def export_model_weights(checkpoint_path: str | os.PathLike, target: str | os.Pa
     state = load_checkpoint(checkpoint_path)
     weights = {key: state[key] for key in ("model", "config", "cardiocore_version", "step")}
     return save_checkpoint(target, weights)
+
+
+def json_ready(value: Any) -> Any:
+    """Tuples to lists, recursively: what a run configuration compares equal to after a JSON or
+    checkpoint round trip."""
+    if isinstance(value, Mapping):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
