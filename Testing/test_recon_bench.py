@@ -31,7 +31,7 @@ def test_quick_ablation_has_every_method_and_mie_cuts_violations(tmp_path, capsy
     out = tmp_path / "rows.json"
     assert _cardio(["bench", "recon", "--quick", "--device", "cpu", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    rows = json.loads(out.read_text())
+    rows = json.loads(out.read_text())["ablation"]
     per_case = [row for row in rows if not row["case"].startswith("median")]
     assert [row["method"] for row in per_case] == list(METHODS)
     assert [row["method"] for row in rows[len(per_case):]] == list(METHODS)  # one summary row each
