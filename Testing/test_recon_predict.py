@@ -9,6 +9,7 @@ Training data are synthetic images of the seven-structure heart phantom
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -183,3 +184,21 @@ def test_cli_train_writes_a_model_and_scores_held_out_maps(tmp_path, phantom_cas
     assert (out / "held_out.json").is_file()
     assert cardio_main(["recon", "train", "--labels", files[0], "--steps", "4", "--grid-size", "32",
                         "--spacing-mm", "6", "--device", "cpu", "--out", str(out)]) == 2
+
+
+def test_bench_predict_prints_speed_and_held_out_dice_with_targets(tiny_run, tmp_path, capsys) -> None:
+    """``cardio bench recon --predict-only --quick``: the 128^3 speed row and a held-out phantom."""
+    phantom = heart_label_phantom(shape=(80, 80, 80), spacing=(1.8, 1.8, 1.8), seed=8)
+    labels = tmp_path / "held_out.npz"
+    np.savez(labels, labels=phantom.labels, ijk_to_ras=phantom.ijk_to_ras)
+    report = tmp_path / "bench.json"
+    assert cardio_main(["bench", "recon", "--predict-only", "--quick", "--model", str(tiny_run[2] / "model.pt"),
+                        "--held-out", f"{labels}@default", "--eval-images", "1", "--case-spacing-mm", "1.8",
+                        "--device", "cpu", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "phantom 128^3" in printed and "worst_chamber_dice" in printed
+    figures = json.loads(report.read_text())
+    (speed,) = figures["predict_speed"]
+    assert speed["target_s"] == 30.0 and speed["median_s"] > 0 and speed["meets"] == (speed["median_s"] <= 30.0)
+    summary = figures["predict_held_out"]["summary"]
+    assert summary["dice_target"] == 0.85 and 0.0 <= summary["worst_chamber_dice"] <= 1.0
