@@ -36,6 +36,7 @@ from cardiocore.errors import CardioInputError, MeshError, VolumeError
 from cardiocore.geometry.decimate import quadric_decimate
 from cardiocore.geometry.mesh import is_closed, mesh_edges
 from cardiocore.geometry.surface import surface_from_mask
+from cardiocore.geometry.untangle import untangle
 from cardiocore.geometry.volume import enclosed_volume
 from cardiocore.recon.rules import RuleSet, resolve_rule_set
 from cardiocore.train.atomic import atomic_write
@@ -44,6 +45,8 @@ from cardiocore.weights import resources_dir
 FILE_FORMAT = "cardiocore.heart_template"
 FILE_VERSION = 1
 TEMPLATE_FILE = "heart_template.npz"
+SMOOTHING_TRIES = 3
+SMOOTHING_STEP_MM = 0.5
 
 
 def default_template_path() -> Path:
@@ -211,11 +214,22 @@ def largest_surface_component(verts: torch.Tensor, faces: torch.Tensor) -> tuple
 def structure_mesh(
     mask: np.ndarray, ijk_to_ras: np.ndarray, n_vertices: int, smoothing_mm: float, name: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closed, outward, decimated surface (V, 3) float32 mm, (F, 3) int64 of a binary mask."""
-    verts, faces = surface_from_mask(_largest_mask_component(mask), ijk_to_ras, smoothing_mm=smoothing_mm)
-    verts, faces = largest_surface_component(verts, faces)
-    coarse = quadric_decimate(verts.double(), faces, n_vertices, name=name)
-    verts_c, faces_c = coarse.verts.float(), coarse.faces
+    """Closed, outward, decimated surface (V, 3) float32 mm, (F, 3) int64 of a binary mask, free
+    of self-intersections: decimation can fold thin parts; small folds are untangled
+    (:func:`cardiocore.geometry.untangle.untangle`), and where one stays the mask is blurred
+    ``SMOOTHING_STEP_MM`` more and meshed again (at most ``SMOOTHING_TRIES`` times)."""
+    for attempt in range(SMOOTHING_TRIES):
+        blur = smoothing_mm + attempt * SMOOTHING_STEP_MM
+        verts, faces = surface_from_mask(_largest_mask_component(mask), ijk_to_ras, smoothing_mm=blur)
+        verts, faces = largest_surface_component(verts, faces)
+        coarse = quadric_decimate(verts.double(), faces, n_vertices, name=name)
+        verts_c, left = untangle(coarse.verts.float(), coarse.faces)
+        if left == 0:
+            break
+    else:
+        raise MeshError(name, f"the decimated surface keeps {left} self-intersecting face pairs",
+                        "try a larger smoothing_mm or more vertices")
+    faces_c = coarse.faces
     if not is_closed(faces_c):
         raise MeshError(name, "the decimated surface is not closed", "try a larger smoothing_mm")
     if float(enclosed_volume(verts_c.double(), faces_c)) <= 0:
