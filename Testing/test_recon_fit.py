@@ -19,13 +19,14 @@ from cardiocore.recon.fit import fit_template
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.template import HeartTemplate, default_template_path, load_template, main
 
-# Measured with the default FitWeights on the oblique phantom below (seed 3, 100 steps, one
-# thread): Dice 0.992 LV cavity, 0.961 myocardium, 0.971 RV, 0.999 LA, 0.995 RA, 0.943 aorta,
-# 0.989 pulmonary artery. The myocardium is a ~10 mm wall sampled by ~2.2 mm voxels, so a
+# Measured with the default FitWeights and the resolution step on the oblique phantom below
+# (seed 3, 100 steps, one thread): Dice 0.982 LV cavity, 0.960 myocardium, 0.971 RV, 0.993 LA,
+# 0.988 RA, 0.905 aorta, 0.973 pulmonary artery (without the resolution step the aorta reaches
+# 0.946; untangling the folds of its fit costs 0.04). The myocardium is a ~10 mm wall sampled by ~2.2 mm voxels, so a
 # sub-voxel shift of either face costs it more Dice than the cavities; the aorta is the
 # structure that differs most from the template and converges last. Thresholds: measured - 0.03.
 DICE_MIN = {"lv_cavity": 0.96, "lv_myocardium": 0.93, "rv": 0.94, "la": 0.96, "ra": 0.96,
-            "aorta": 0.91, "pulmonary_artery": 0.95}
+            "aorta": 0.88, "pulmonary_artery": 0.95}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -88,7 +89,7 @@ def test_fit_reaches_the_dice_targets_on_an_oblique_anisotropic_phantom(oblique_
         assert torch.equal(faces, template.mesh(name)[1])  # template topology
         mask = voxelize_mesh(verts, faces, oblique_phantom.labels.shape, oblique_phantom.ijk_to_ras)
         scores[name] = dice(mask, oblique_phantom.labels == rules.structure(name).label)
-    assert all(scores[n] >= DICE_MIN[n] for n in DICE_MIN), scores
+    assert all(scores[n] >= DICE_MIN[n] for n in DICE_MIN), {n: round(float(s), 4) for n, s in scores.items()}
 
 
 def _bulge(verts: torch.Tensor, faces: torch.Tensor, towards: torch.Tensor, height_mm: float, radius_mm: float) -> torch.Tensor:

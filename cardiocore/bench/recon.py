@@ -1,11 +1,15 @@
 """``cardio bench recon``: the CardioReconstruct ablation and baseline in one run.
 
-The same cases are reconstructed by four methods:
+The same cases are reconstructed by five methods:
 
+- ``MIE + resolve``: what ``cardio recon fit`` and the module do: the fit with every term, then
+  the resolution step (:mod:`cardiocore.recon.resolve`: remaining violations pushed out,
+  self-intersections untangled);
 - ``MIE``: the fit with every term (occupancy BCE + MIE relational loss + surface distance +
-  Laplacian and normal regularisers), :func:`cardiocore.recon.fit.fit_template`;
+  Laplacian and normal regularisers), :func:`cardiocore.recon.fit.fit_template`, no resolution;
 - ``surface only``: the fit with the surface (Chamfer) distance and the regularisers;
-- ``occupancy only``: the fit with the occupancy BCE and the regularisers;
+- ``occupancy only``: the fit with the occupancy BCE and the regularisers (the loss ablations,
+  ``MIE`` to ``occupancy only``, run without the resolution step so that they compare losses);
 - ``Slicer baseline``: what a user would otherwise do in Slicer, marching cubes plus
   windowed-sinc smoothing per segment (:func:`cardiocore.recon.baseline.run_baseline_case`).
 
@@ -66,11 +70,12 @@ DICE_GAP_TARGET = 0.01
 FIT_TARGET_S = {"cpu": 30.0, "cuda": 3.0}
 """Seconds allowed per fit (2 CPU cores; one H100)."""
 
-METHODS = ("MIE", "surface only", "occupancy only", "Slicer baseline")
+METHODS = ("MIE + resolve", "MIE", "surface only", "occupancy only", "Slicer baseline")
 _FIT_SWITCHES = {
-    "MIE": {"use_mie": True, "use_occupancy": True, "use_surface": True},
-    "surface only": {"use_mie": False, "use_occupancy": False, "use_surface": True},
-    "occupancy only": {"use_mie": False, "use_occupancy": True, "use_surface": False},
+    "MIE + resolve": {"use_mie": True, "use_occupancy": True, "use_surface": True, "resolve": True},
+    "MIE": {"use_mie": True, "use_occupancy": True, "use_surface": True, "resolve": False},
+    "surface only": {"use_mie": False, "use_occupancy": False, "use_surface": True, "resolve": False},
+    "occupancy only": {"use_mie": False, "use_occupancy": True, "use_surface": False, "resolve": False},
 }
 
 DEFAULT_STEPS = 150

@@ -26,6 +26,9 @@ map's IJK-to-RAS matrix, so oblique and anisotropic grids need no special case.
    points labelled by the label map; the weight rises over the fine stage) + ``laplacian *
    |L d|^2`` (mm^2; d the offsets from the affinely placed template, L the random-walk graph
    Laplacian) + ``normal * (1 - n_f . n_g)`` over adjacent faces. The template's topology is kept, so every mesh stays closed.
+4. Resolution (``resolve``, on by default): the vertices that still break a rule are moved just
+   past the other surface, then self-intersections are untangled
+   (:func:`cardiocore.recon.resolve.resolve_meshes`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from cardiocore.recon.mie import (
     sample_query_points,
     soft_occupancy,
 )
+from cardiocore.recon.resolve import ResolveReport, resolve_meshes
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.template import HeartTemplate, crop_and_stride
 
@@ -66,15 +70,17 @@ class FitWeights:
 
     The MIE weight is ``mie`` during the coarse stage and rises linearly to ``mie_final`` over
     the fine stage, so the last steps separate structures that still touch or overlap slightly
-    without holding back the large early deformations.
+    without holding back the large early deformations. The smoothness weights (``laplacian``,
+    ``normal``) keep the free offsets from folding the surfaces: at 0.02 and 0.1 a phantom fit
+    had about 5,000 self-intersecting face pairs, at 0.2 and 1.0 about 1,500, for the same Dice.
     """
 
     occupancy: float = 1.0
     surface: float = 0.2
     mie: float = 0.5
     mie_final: float = 1.0
-    laplacian: float = 0.02
-    normal: float = 0.1
+    laplacian: float = 0.2
+    normal: float = 1.0
     violation_fraction: float = 0.2
 
 
@@ -89,9 +95,11 @@ class FitResult:
         missing: structures of the rule set not fitted (no voxels in the labels, or not in the
             template).
         losses: per loss term (and ``"total"``), one value per step (NaN for a term not used).
-        seconds: wall time of ``"prepare"``, ``"initialise"``, ``"optimise"`` and ``"total"``.
+        seconds: wall time of ``"prepare"``, ``"initialise"``, ``"optimise"``, ``"resolve"`` and
+            ``"total"``.
         initial_affine: (4, 4) template-to-RAS affine of the initialisation.
         cancelled: ``should_stop`` ended the optimisation early (the meshes are the last state).
+        resolved: what the resolution step did (None when it was off or the fit was cancelled).
     """
 
     names: tuple[str, ...]
@@ -102,6 +110,7 @@ class FitResult:
     seconds: dict[str, float] = field(default_factory=dict)
     initial_affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     cancelled: bool = False
+    resolved: ResolveReport | None = None
 
     def meshes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per structure (verts, faces)."""
@@ -323,6 +332,7 @@ def fit_template(
     use_mie: bool = True,
     use_occupancy: bool = True,
     use_surface: bool = True,
+    resolve: bool = True,
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: ProgressFn | None = None,
@@ -348,6 +358,8 @@ def fit_template(
         steps: optimisation steps in all (coarse and fine).
         use_mie, use_occupancy, use_surface: switch the MIE, occupancy BCE and Chamfer terms
             (the ablations of ``cardio bench recon``).
+        resolve: finish with :func:`cardiocore.recon.resolve.resolve_meshes` (rule violations
+            pushed out, self-intersections untangled).
         device: torch device.
         seed: seed of every random draw (the fit is deterministic on CPU).
         progress: ``progress(step, steps, {term: value})`` after each step.
@@ -490,15 +502,22 @@ def fit_template(
 
     with torch.no_grad():
         final = (coarse_verts() + fine).float().cpu()
+    t_optimised = time.perf_counter()
+    verts_out, faces_out = list(final.split(sizes)), [f.cpu() for f in faces]
+    report = None
+    if resolve and not cancelled:
+        resolved, report = resolve_meshes(list(zip(verts_out, faces_out, strict=True)), names, rules.rules)
+        verts_out = [v for v, _ in resolved]
     t_end = time.perf_counter()
     return FitResult(
         names=names,
-        verts=tuple(final.split(sizes)),
-        faces=tuple(f.cpu() for f in faces),
+        verts=tuple(verts_out),
+        faces=tuple(faces_out),
         missing=missing,
         losses=losses,
         seconds={"prepare": t_prepared - t_start, "initialise": t_initialised - t_prepared,
-                 "optimise": t_end - t_initialised, "total": t_end - t_start},
+                 "optimise": t_optimised - t_initialised, "resolve": t_end - t_optimised, "total": t_end - t_start},
         initial_affine=affine.numpy(),
         cancelled=cancelled,
+        resolved=report,
     )

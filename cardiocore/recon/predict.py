@@ -24,6 +24,8 @@ import torch
 from cardiocore.errors import CardioInputError, VolumeError, WeightsError
 from cardiocore.recon.fit import FitResult
 from cardiocore.recon.predict_net import MeshPredictionNet, PredictNetSpec
+from cardiocore.recon.resolve import resolve_meshes
+from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.template import HeartTemplate
 from cardiocore.train.device import select_device
 from cardiocore.weights import read_model_file, write_model_file
@@ -137,6 +139,7 @@ def predict_meshes(
     *,
     centre_ras: Sequence[float] | None = None,
     structures: Sequence[str] | None = None,
+    resolve: bool = True,
     progress: ProgressFn | None = None,
 ) -> tuple[FitResult, list[str]]:
     """Predict the heart meshes of one image.
@@ -148,6 +151,8 @@ def predict_meshes(
         centre_ras: (3,) RAS mm centre of the network's field of view (default: the image's
             centre); the field of view is ``grid_size * spacing_mm`` mm wide.
         structures: the structures to return (default all of the predictor's).
+        resolve: finish with :func:`cardiocore.recon.resolve.resolve_meshes` (violations of the
+            default rules between the returned structures pushed out, self-intersections untangled).
         progress: ``progress(fraction, message)``.
 
     Returns:
@@ -184,18 +189,28 @@ def predict_meshes(
     frame_verts = output.stages[-1][0].double().cpu()
     transform = torch.as_tensor(frame_to_ras, dtype=torch.float64)
     ras = (frame_verts @ transform[:3, :3].T + transform[:3, 3]).float()
-    t_end = time.perf_counter()
+    t_predicted = time.perf_counter()
     per_structure = dict(zip(predictor.names, ras.split(predictor.net.sizes), strict=True))
     faces = dict(zip(predictor.names, predictor.template_faces, strict=True))
+    meshes = [(per_structure[n], faces[n]) for n in keep]
+    report = None
+    if resolve:
+        if progress:
+            progress(0.8, "separating the structures and untangling the meshes")
+        default = RuleSet.default()
+        known = [n for n in keep if n in default.names]
+        meshes, report = resolve_meshes(meshes, keep, default.subset(known).rules if known else [])
+    t_end = time.perf_counter()
     if progress:
         progress(1.0, "done")
     result = FitResult(
         names=tuple(keep),
-        verts=tuple(per_structure[n] for n in keep),
-        faces=tuple(faces[n] for n in keep),
+        verts=tuple(v for v, _ in meshes),
+        faces=tuple(f for _, f in meshes),
         missing=unknown,
-        seconds={"prepare": t_resampled - t_start, "initialise": 0.0, "optimise": t_end - t_resampled,
-                 "total": t_end - t_start},
+        seconds={"prepare": t_resampled - t_start, "initialise": 0.0, "optimise": t_predicted - t_resampled,
+                 "resolve": t_end - t_predicted, "total": t_end - t_start},
         initial_affine=frame_to_ras,
+        resolved=report,
     )
     return result, warnings
