@@ -217,3 +217,15 @@ def test_cli_predict_writes_files_and_refuses_to_overwrite(app, tmp_path, capsys
     loaded = load_predictor(model, "cpu")
     assert loaded.names == ("lv_cavity", "rv") and not loaded.net.training
     assert torch.equal(loaded.net.template, _two_sphere_predictor().net.template)
+
+
+def test_predict_output_grid_is_subsampled_for_huge_images() -> None:
+    """A 512 x 512 x 300 CT gets its output segmentation on every 2nd voxel, same field of view."""
+    from cardiocore.mrml.recon import output_grid
+
+    matrix = np.diag([0.5, 0.5, 0.6, 1.0])
+    matrix[:3, 3] = (-100.0, -120.0, 30.0)
+    shape, coarse, stride = output_grid((512, 512, 300), matrix)
+    assert stride == 2 and shape == (256, 256, 150)
+    assert np.allclose(coarse[:3, :3], np.diag([1.0, 1.0, 1.2])) and np.allclose(coarse[:3, 3], matrix[:3, 3])
+    assert output_grid((128, 128, 128), matrix)[2] == 1

@@ -64,6 +64,8 @@ RuleSpec = RuleSet | str | os.PathLike | Mapping[str, Any] | None
 SEGMENTATION_FILE = "meshes.seg.nrrd"
 METRICS_FILE = "metrics.json"
 
+OUTPUT_MAX_VOXELS = 256**3
+"""Largest output segmentation grid of Predict mode (voxels); larger images are subsampled."""
 # Share of the progress bar per stage: reading, fitting (or predicting), measuring, writing nodes.
 _FIT_START, _FIT_END, _EVAL_END = 0.05, 0.8, 0.95
 
@@ -598,6 +600,10 @@ def reconstruct_from_volume(
         raise VolumeError(what, error.problem, error.hint) from error
     if _stopped(should_stop):
         raise _cancelled()
+    grid_shape, grid_matrix, stride = output_grid(image.shape, ijk_to_ras)
+    if stride > 1:
+        warnings.append(f"the output segmentation and voxel figures use every {stride}th voxel of the "
+                        f"{'x'.join(map(str, image.shape))} image grid ({'x'.join(map(str, grid_shape))} voxels)")
     for warning in warnings:
         logging.getLogger(__name__).warning("CardioReconstruct Predict, %s: %s", what, warning)
     metrics = extra | {
@@ -610,10 +616,28 @@ def reconstruct_from_volume(
         "seconds": {f"predict_{k}": v for k, v in result.seconds.items()},
     }
     return _measure_to_scene(
-        result, rule_set.subset(result.names), predictor.names, reference, image.shape, ijk_to_ras, sources,
+        result, rule_set.subset(result.names), predictor.names, reference, grid_shape, grid_matrix, sources,
         folder_name=folder_name or f"CardioReconstruct {volume_node.GetName()}", metrics=metrics,
         sampling=QualitySampling(vr_points, svr_points, seed), progress=progress, started=started,
     )
+
+
+def output_grid(
+    shape: Sequence[int], ijk_to_ras: np.ndarray, max_voxels: int = OUTPUT_MAX_VOXELS
+) -> tuple[tuple[int, ...], np.ndarray, int]:
+    """The grid of Predict mode's output segmentation: the image grid, or every ``stride``-th
+    voxel along each axis (the same field of view) when the image has more than ``max_voxels``
+    voxels, so a 512 x 512 x 300 CT does not make 300-million-voxel outputs.
+
+    Returns:
+        shape (I', J', K'), its (4, 4) voxel-to-RAS matrix (mm), and the stride (1: unchanged).
+    """
+    stride = 1
+    while int(np.prod([-(-n // stride) for n in shape])) > max_voxels:
+        stride += 1
+    matrix = np.asarray(ijk_to_ras, dtype=np.float64).copy()
+    matrix[:3, :3] *= stride
+    return tuple(-(-int(n) // stride) for n in shape), matrix, stride
 
 
 def _add_nodes(
