@@ -2,7 +2,8 @@
 
 For each label map and image: a synthetic image with a random pose and contrast
 (:func:`cardiocore.recon.synth.synthesize_sample`, seeds disjoint from training's), the
-network's meshes mapped to RAS, and :func:`cardiocore.recon.evaluate.evaluate_meshes` against the
+network's meshes mapped to RAS and resolved as Predict mode does
+(:func:`cardiocore.recon.resolve.resolve_meshes`, unless ``resolve=False``), and :func:`cardiocore.recon.evaluate.evaluate_meshes` against the
 label map (Dice, HD95, Chamfer, VR per rule, self-intersections). The figures are therefore on
 images the network never saw; they are held out by label map only when the label maps are.
 """
@@ -19,6 +20,7 @@ import torch
 
 from cardiocore.recon.evaluate import evaluate_meshes
 from cardiocore.recon.predict import MeshPredictor
+from cardiocore.recon.resolve import resolve_meshes
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.synth import LabelCase, SynthOptions, synthesize_sample
 
@@ -49,11 +51,12 @@ def evaluate_on_synthetic(
     seed: int = 0,
     options: SynthOptions | None = None,
     vr_points: int = 20_000,
+    resolve: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per image: ``case``, ``image``, ``dice_<structure>``, ``hd95_mm_<structure>``,
     ``chamfer_mm`` (mean over structures), ``max_vr_percent``, ``self_intersections`` (sum),
-    ``seconds`` (network time)."""
+    ``seconds`` (network and resolution time)."""
     spec = predictor.spec
     rules = RuleSet.default().subset(predictor.names)
     label_of = {name: s + 1 for s, name in enumerate(predictor.names)}
@@ -64,8 +67,11 @@ def evaluate_on_synthetic(
             sample = synthesize_sample(case, spec.grid_size, spec.spacing_mm, generator, options or SynthOptions())
             start = time.perf_counter()
             meshes = predict_frame_meshes(predictor, sample.image, sample.frame_to_ras)
-            seconds = time.perf_counter() - start
             present = {n: m for n, m in meshes.items() if case.surfaces[label_of[n] - 1].shape[0] > 0}
+            if resolve:
+                resolved, _ = resolve_meshes(list(present.values()), list(present), rules.subset(present).rules)
+                present = dict(zip(present, resolved, strict=True))
+            seconds = time.perf_counter() - start
             metrics = evaluate_meshes(present, case.index, case.ijk_to_ras, label_of, rules, vr_points=vr_points)
             row: dict[str, Any] = {"case": case.name, "image": k}
             for name, values in metrics.structures.items():
