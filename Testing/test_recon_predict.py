@@ -87,9 +87,11 @@ def test_a_tiny_training_run_learns_the_phantom_hearts(tiny_run, phantom_cases) 
     first_chamfer = next(h["chamfer_mm"] for h in history if "chamfer_mm" in h)
     final_val = [h["val/chamfer_mm"] for h in history if "val/chamfer_mm" in h][-1]
     # The untrained network places a template shrunk onto uniform-attention centroids; 60 steps
-    # bring the meshes much closer to the label surfaces of new synthetic images.
+    # bring the meshes much closer to the label surfaces of new synthetic images (scored as the
+    # network outputs them: resolving a 60-step network's heavily overlapping meshes moves too
+    # many vertices to tell what the network learnt).
     assert final_val < 0.6 * first_chamfer
-    rows = evaluate_on_synthetic(trained.predictor, phantom_cases, images_per_case=1, vr_points=2000)
+    rows = evaluate_on_synthetic(trained.predictor, phantom_cases, images_per_case=1, vr_points=2000, resolve=False)
     summary = summarise(rows, trained.predictor.names)
     assert summary["median_chamfer_mm"] < 0.6 * first_chamfer
     assert np.mean([summary[f"median_dice_{n}"] for n in trained.predictor.names]) > 0.1  # 0.17 measured
