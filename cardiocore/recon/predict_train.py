@@ -287,7 +287,9 @@ def train_predictor(
     if missing:
         raise CardioInputError("template", f"lacks the structures {missing} of the label maps")
     template = template.subset(names)
-    predictor = MeshPredictor.create(spec.net, template)
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
+        torch.manual_seed(spec.seed)
+        predictor = MeshPredictor.create(spec.net, template)
     net: MeshPredictionNet = predictor.net
     objective = PredictObjective(cases, names, spec, template.faces, net.sizes)
     train = SyntheticImages(cases, spec.steps * spec.batch, spec, spec.seed)
