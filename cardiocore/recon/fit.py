@@ -77,8 +77,8 @@ class FitWeights:
 
     occupancy: float = 1.0
     surface: float = 0.2
-    mie: float = 0.5
-    mie_final: float = 1.0
+    mie: float = 1.0
+    mie_final: float = 3.0
     laplacian: float = 0.2
     normal: float = 1.0
     violation_fraction: float = 0.2
