@@ -218,6 +218,15 @@ def test_cli_predict_writes_files_and_refuses_to_overwrite(app, tmp_path, capsys
     assert loaded.names == ("lv_cavity", "rv") and not loaded.net.training
     assert torch.equal(loaded.net.template, _two_sphere_predictor().net.template)
 
+    # --centre moves the network's field of view: the untrained network keeps the (shrunken)
+    # template near the middle of its frame, so the meshes follow the given centre.
+    from cardiocore.mrml.mesh_folders import read_mesh_file
+
+    centre = np.array(MODULE.PREDICT_CENTRE_RAS) + (20.0, -15.0, 10.0)
+    assert cardio([*argv, "--overwrite", "--centre", *map(str, centre)]) == 0
+    verts = np.concatenate([np.asarray(read_mesh_file(out / f"{n}.vtk")[0]) for n in ("lv_cavity", "rv")])
+    assert np.linalg.norm(verts.mean(axis=0) - centre) < MODULE.PREDICT_CENTRE_MM
+
 
 def test_predict_output_grid_is_subsampled_for_huge_images() -> None:
     """A 512 x 512 x 300 CT gets its output segmentation on every 2nd voxel, same field of view."""

@@ -832,6 +832,7 @@ def predict_image_file(
     labels_path: str | os.PathLike | None = None,
     device: str = "auto",
     overwrite: bool = False,
+    centre_ras: Sequence[float] | None = None,
     vr_points: int = VR_POINTS,
     svr_points: int = SVR_POINTS,
     progress: ProgressFn | None = None,
@@ -847,6 +848,8 @@ def predict_image_file(
         structures: the label coding of ``labels_path`` ("default", "mmwhs", ... or a rule-set
             JSON file) and the rules measured.
         labels_path: optional reference label map for Dice, HD95 and Chamfer.
+        centre_ras: (3,) RAS mm centre of the network's field of view (default: the image's
+            centre); give it when the heart is far from the middle of a large field of view.
         device, overwrite, vr_points, svr_points, progress: as :func:`fit_label_file`.
 
     Returns:
@@ -863,7 +866,7 @@ def predict_image_file(
     files = [(image_path, "volume")] + ([(labels_path, "labelmap")] if labels_path else [])
     with _file_nodes(*files) as read:
         nodes = reconstruct_from_volume(read[0], predictor=predictor, rules=rules,
-                                        reference_labels=read[1] if labels_path else None,
+                                        reference_labels=read[1] if labels_path else None, centre_ras=centre_ras,
                                         vr_points=vr_points, svr_points=svr_points, progress=progress)
     inputs = {"image": str(Path(image_path).resolve()),
               "model": str(Path(model).expanduser().resolve()) if model else BUNDLED_PREDICTOR}

@@ -60,7 +60,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     metrics = predict_image_file(args.image, args.out, model=args.model, structures=args.structures,
                                  labels_path=args.labels, device=args.device, overwrite=args.overwrite,
-                                 progress=_report)
+                                 centre_ras=args.centre, progress=_report)
     for warning in metrics["warnings"]:
         print(f"warning: {warning}")
     _print_fit_summary(metrics, Path(args.out))
@@ -231,6 +231,8 @@ def add_recon_commands(commands: Any) -> None:
     predict.add_argument("--model", help="predictor file from cardio recon train (default: the bundled model)")
     predict.add_argument("--labels", help="optional reference label map: Dice, HD95 and Chamfer against it")
     predict.add_argument("--structures", default="default", help=STRUCTURES_HELP + "; the coding of --labels")
+    predict.add_argument("--centre", nargs=3, type=float, metavar=("R", "A", "S"),
+                         help="RAS mm centre of the network's field of view (default: the image centre)")
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     predict.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     predict.set_defaults(handler=_cmd_predict)
