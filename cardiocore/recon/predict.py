@@ -115,6 +115,17 @@ class MeshPredictor:
         return cls.load(resolve_model(name, version), select_device(device))
 
 
+def run_network(predictor: MeshPredictor, grid: torch.Tensor, frame_to_ras: np.ndarray) -> torch.Tensor:
+    """The network's vertices (V, 3) float32, RAS mm, for one frame image ``grid`` (D, D, D)
+    whose frame ``frame_to_ras`` (4, 4) places in RAS (eval mode, no gradients)."""
+    device = next(predictor.net.parameters()).device
+    predictor.net.eval()
+    with torch.no_grad():
+        output = predictor.net(grid.to(device=device, dtype=torch.float32)[None, None])
+    transform = torch.as_tensor(frame_to_ras, dtype=torch.float64)
+    return (output.stages[-1][0].double().cpu() @ transform[:3, :3].T + transform[:3, 3]).float()
+
+
 def _check_image(image: np.ndarray | torch.Tensor, ijk_to_ras: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Validate the image and its matrix; returns the matrix and warnings."""
     if image.ndim != 3:
@@ -182,13 +193,7 @@ def predict_meshes(
     t_resampled = time.perf_counter()
     if progress:
         progress(0.3, "running the network")
-    device = next(predictor.net.parameters()).device
-    predictor.net.eval()
-    with torch.no_grad():
-        output = predictor.net(grid.to(device=device, dtype=torch.float32)[None, None])
-    frame_verts = output.stages[-1][0].double().cpu()
-    transform = torch.as_tensor(frame_to_ras, dtype=torch.float64)
-    ras = (frame_verts @ transform[:3, :3].T + transform[:3, 3]).float()
+    ras = run_network(predictor, grid, frame_to_ras)
     t_predicted = time.perf_counter()
     per_structure = dict(zip(predictor.names, ras.split(predictor.net.sizes), strict=True))
     faces = dict(zip(predictor.names, predictor.template_faces, strict=True))

@@ -15,33 +15,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from cardiocore.recon.evaluate import evaluate_meshes
-from cardiocore.recon.predict import MeshPredictor
+from cardiocore.recon.predict import MeshPredictor, run_network
 from cardiocore.recon.resolve import resolve_meshes
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.synth import LabelCase, SynthOptions, synthesize_sample
 
 EVAL_SEED_OFFSET = 104_729
 """Added to the evaluation seed so its images differ from the training and validation ones."""
-
-
-def predict_frame_meshes(predictor: MeshPredictor, image: torch.Tensor, frame_to_ras: np.ndarray) -> dict[str, Any]:
-    """Run the network on one frame grid (D, D, D) and map the meshes to RAS mm.
-
-    Returns:
-        structure name -> (verts (V_s, 3) float32 RAS mm, faces (F_s, 3) int64).
-    """
-    device = next(predictor.net.parameters()).device
-    predictor.net.eval()
-    with torch.no_grad():
-        output = predictor.net(image.to(device=device, dtype=torch.float32)[None, None])
-    transform = torch.as_tensor(frame_to_ras, dtype=torch.float64)
-    verts = output.stages[-1][0].double().cpu() @ transform[:3, :3].T + transform[:3, 3]
-    parts = verts.float().split(predictor.net.sizes)
-    return {name: (parts[s], predictor.template_faces[s]) for s, name in enumerate(predictor.names)}
 
 
 def evaluate_on_synthetic(
@@ -66,7 +49,8 @@ def evaluate_on_synthetic(
             generator = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed * 10_007 + c * 101 + k)
             sample = synthesize_sample(case, spec.grid_size, spec.spacing_mm, generator, options or SynthOptions())
             start = time.perf_counter()
-            meshes = predict_frame_meshes(predictor, sample.image, sample.frame_to_ras)
+            parts = run_network(predictor, sample.image, sample.frame_to_ras).split(predictor.net.sizes)
+            meshes = {name: (parts[s], predictor.template_faces[s]) for s, name in enumerate(predictor.names)}
             present = {n: m for n, m in meshes.items() if case.surfaces[label_of[n] - 1].shape[0] > 0}
             if resolve:
                 resolved, _ = resolve_meshes(list(present.values()), list(present), rules.subset(present).rules)
