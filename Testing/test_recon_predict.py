@@ -138,10 +138,12 @@ def test_predictions_follow_the_image_in_ras(tiny_run) -> None:
                          [0.0, 0.0, 1.0]])
     matrix = phantom.ijk_to_ras.copy()
     matrix[:3, :3] = rotation @ matrix[:3, :3]
-    result, warnings = predict_meshes(image, matrix, predictor)
+    # The network's meshes (resolve=False): the resolution step's inside/outside tests at the
+    # 0.5 winding-number threshold can flip for a borderline vertex when float32 coordinates shift.
+    result, warnings = predict_meshes(image, matrix, predictor, resolve=False)
     shifted = matrix.copy()
     shifted[:3, 3] += (40.0, -25.0, 10.0)
-    moved, _ = predict_meshes(image, shifted, predictor)
+    moved, _ = predict_meshes(image, shifted, predictor, resolve=False)
     assert result.names == predictor.names and not result.missing
     for a, b in zip(result.verts, moved.verts, strict=True):
         assert torch.allclose(b - a, torch.tensor([40.0, -25.0, 10.0]), atol=1e-3)
