@@ -127,6 +127,20 @@ def test_changed_settings_refuse_to_reuse_the_checkpoints(tiny_run, phantom_case
         train_predictor(phantom_cases, load_template(), out, dataclasses.replace(spec, lr=1e-4), resume=True)
 
 
+def test_fine_tuning_starts_from_the_given_predictor(tiny_run, phantom_cases, tmp_path) -> None:
+    """``init``: the run starts from the trained weights (with a zero learning rate it ends
+    there too), records them in the card, and refuses a predictor of another architecture."""
+    trained, spec, out = tiny_run
+    tuned_spec = dataclasses.replace(spec, steps=2, lr=0.0, val_images=1, init=str(out / "model.pt"))
+    tuned = train_predictor(phantom_cases, load_template(), tmp_path / "tuned", tuned_spec)
+    for key, value in trained.predictor.net.state_dict().items():
+        assert torch.equal(tuned.predictor.net.state_dict()[key], value), key
+    assert tuned.predictor.card["initial_weights"] == {"file": str((out / "model.pt").resolve())}
+    other = dataclasses.replace(tuned_spec, net=dataclasses.replace(TINY_NET, spacing_mm=5.0))
+    with pytest.raises(CardioInputError, match="architecture"):
+        train_predictor(phantom_cases, load_template(), tmp_path / "other", other)
+
+
 def test_predictions_follow_the_image_in_ras(tiny_run) -> None:
     """The same voxels under a matrix shifted by T give meshes shifted by exactly T (the frame is
     centred on the field of view), on an oblique anisotropic grid."""

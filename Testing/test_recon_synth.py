@@ -21,6 +21,7 @@ from cardiocore.errors import CardioInputError, VolumeError
 from cardiocore.phantoms.heart import heart_label_phantom
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.synth import (
+    FrameWarp,
     SynthOptions,
     frame_grid_points,
     image_to_frame,
@@ -28,6 +29,7 @@ from cardiocore.recon.synth import (
     load_cases,
     prepare_case,
     random_pose,
+    random_warp,
     resample_to_frame,
     synthesize_image,
     synthesize_sample,
@@ -139,6 +141,46 @@ def test_surfaces_lie_on_the_boundary_of_the_resampled_labels(oblique_phantom):
         assert both > 0.97, f"{RULES.names[s]}: {float(both):.3f}"
     far = lookup(torch.tensor([[1e4, 0.0, 0.0], [0.0, -1e4, 0.0]]))
     assert far.tolist() == [-1, -1]
+
+
+def test_a_random_warp_is_smooth_bounded_and_inverted_to_a_hundredth_of_a_mm():
+    options = SynthOptions(elastic_mm=8.0, elastic_grid=5)
+    generator = torch.Generator().manual_seed(5)
+    warp = random_warp(generator, 64, 3.0, options)
+    assert warp.field.shape == (3, 5, 5, 5) and warp.half_mm == 96.0
+    step_mm = 2 * 96.0 / 4
+    assert max(float(warp.field.diff(dim=a).abs().max()) for a in (1, 2, 3)) <= 0.5 * step_mm + 1e-4
+    # Control points are reproduced exactly; between them the field is trilinear.
+    corner = torch.tensor([[-96.0, -96.0, -96.0], [96.0, 0.0, -48.0]])
+    assert torch.allclose(warp.displacement(corner), torch.stack([warp.field[:, 0, 0, 0], warp.field[:, 4, 2, 1]]),
+                          atol=1e-4)
+    points = (torch.rand(500, 3, generator=generator) - 0.5) * 180.0
+    moved = points + warp.displacement(points)
+    assert float((warp.inverse(moved) - points).norm(dim=1).max()) < 0.01
+    # Without a deformation nothing is drawn: the default samples stay what they were.
+    state = generator.get_state()
+    assert random_warp(generator, 64, 3.0, SynthOptions()) is None
+    assert torch.equal(generator.get_state(), state)
+
+
+def test_warped_samples_keep_labels_image_and_surfaces_together(oblique_phantom):
+    """With a strong shape deformation, the index map is the warped label look-up at the voxel
+    centres, and the boundary points still lie on the boundary of the warped labels."""
+    _, case = oblique_phantom
+    generator = torch.Generator().manual_seed(11)
+    sample = synthesize_sample(case, 32, 5.0, generator, SynthOptions(elastic_mm=6.0))
+    assert isinstance(sample.warp, FrameWarp) and float(sample.warp.field.abs().max()) > 1.0
+    lookup = label_lookup(case, sample.frame_to_ras, sample.warp)
+    grid = frame_grid_points(32, 5.0).reshape(-1, 3)
+    assert (lookup(grid).reshape(32, 32, 32) + 1 == sample.index).float().mean() > 0.999
+    unwarped = label_lookup(case, sample.frame_to_ras)
+    assert (unwarped(grid).reshape(32, 32, 32) + 1 != sample.index).float().mean() > 0.005  # the shape did change
+    for s, points in enumerate(sample.surfaces):
+        directions = torch.nn.functional.normalize(torch.randn(points.shape[0], 8, 3, generator=generator), dim=-1)
+        probes = torch.cat([points[:, None] + 1.5 * directions, points[:, None] - 1.5 * directions], dim=1)
+        labels = lookup(probes.reshape(-1, 3)).reshape(points.shape[0], 16)
+        both = ((labels == s).any(dim=1) & (labels != s).any(dim=1)).float().mean()
+        assert both > 0.97, f"{RULES.names[s]}: {float(both):.3f}"
 
 
 def test_synthetic_images_are_normalised_random_per_seed_and_reproducible(axis_phantom):

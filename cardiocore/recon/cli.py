@@ -132,7 +132,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     net = PredictNetSpec(grid_size=args.grid_size, spacing_mm=args.spacing_mm)
     spec = PredictTrainingSpec(net=net, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                               device=args.device)
+                               init=args.init or "", device=args.device)
+    if args.elastic_mm is not None:
+        spec.options = dataclasses.replace(spec.options, elastic_mm=args.elastic_mm)
     if args.no_mie:
         spec.weights = dataclasses.replace(spec.weights, mie=0.0)
     cases = _load_cases(args.labels, args.structures, args.case_spacing_mm)
@@ -261,6 +263,10 @@ def add_recon_commands(commands: Any) -> None:
                        help="label maps are subsampled to this spacing for synthesis, mm (default 1)")
     train.add_argument("--template", help="template .npz (default: the bundled one)")
     train.add_argument("--no-mie", action="store_true", help="train without the MIE term (ablation)")
+    train.add_argument("--elastic-mm", type=float,
+                       help="SD of the random smooth shape deformation of the label maps, mm (default 4; 0: none)")
+    train.add_argument("--init", help="start from a trained predictor: 'bundled' or a model file (fine-tuning); "
+                                      "default: seeded random weights")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--name", default="user", help="model name for the model card")
     train.add_argument("--data-description", help="training data, for the model card")

@@ -70,6 +70,11 @@ class MeshPredictor:
     def spec(self) -> PredictNetSpec:
         return self.net.spec
 
+    def template(self) -> HeartTemplate:
+        """The network's (centred) template as a :class:`HeartTemplate`, on the CPU."""
+        verts = self.net.template.detach().cpu().split(self.net.sizes)
+        return HeartTemplate(self.names, tuple(verts), self.template_faces, "template of a trained predictor")
+
     def to_payload(self) -> dict[str, Any]:
         template = self.net.template.cpu()
         return {

@@ -1,8 +1,9 @@
 """Train the Predict-mode network on synthetic images made from real label maps.
 
 Every training sample is drawn afresh (:func:`cardiocore.recon.synth.synthesize_sample`): a
-label map, a random pose (rotation, scale, shift), random intensities per label and per
-background tissue class, bias field, blur, thick slices, noise and gamma. Sample ``i`` of the
+label map, a random pose (rotation, scale, shift), a random smooth shape deformation, random
+intensities per label and per background tissue class, bias field, blur, thick slices, noise and
+gamma. Sample ``i`` of the
 run is fixed by ``(seed, i)``, so a resumed run sees exactly the samples an uninterrupted one
 would (:class:`cardiocore.train.loop.Trainer` restores the position and every RNG).
 
@@ -17,6 +18,9 @@ Loss per image (:class:`PredictObjective`), all in the network frame:
 - ``mie``: the MIE relational loss (:func:`cardiocore.recon.mie.mie_term`) on the final meshes,
   query points labelled by the label map, rules between the structures the case has;
 - ``laplacian``: the squared uniform Laplacian of the offsets from the aligned template (mm^2).
+
+A run starts from seeded random weights or, with ``PredictTrainingSpec.init``, from a trained
+predictor (the bundled one or a file): fine-tuning on one's own label maps.
 
 The result is ``out_dir/model.pt`` (:class:`cardiocore.recon.predict.MeshPredictor`) with a
 model card holding the data, the split, the settings and the validation figures.
@@ -43,10 +47,17 @@ from cardiocore.errors import CardioInputError
 from cardiocore.geometry.laplacian import uniform_laplacian
 from cardiocore.metrics.distance import chamfer_distance
 from cardiocore.recon.mie import mie_term
-from cardiocore.recon.predict import MeshPredictor
+from cardiocore.recon.predict import BUNDLED_PREDICTOR, MeshPredictor
 from cardiocore.recon.predict_net import MeshPredictionNet, PredictNetSpec
 from cardiocore.recon.rules import RuleSet
-from cardiocore.recon.synth import LabelCase, SynthOptions, frame_grid_points, label_lookup, synthesize_sample
+from cardiocore.recon.synth import (
+    FrameWarp,
+    LabelCase,
+    SynthOptions,
+    frame_grid_points,
+    label_lookup,
+    synthesize_sample,
+)
 from cardiocore.recon.template import HeartTemplate
 from cardiocore.train.checkpoint import json_ready, load_checkpoint
 from cardiocore.train.loop import TrainConfig, Trainer, TrainResult
@@ -74,7 +85,9 @@ class PredictTrainingSpec:
     steps of ``batch`` images. weights: loss weights. surface_points: label boundary points
     per structure and image for the Chamfer term; mie_points: MIE query points per image.
     val_images: fixed synthetic validation images (other seeds, training label maps).
-    options: the image synthesis. seed: of the samples and the model. device: "auto", "cpu", "cuda".
+    options: the image synthesis (default: 4 mm random shape deformations). seed: of the samples
+    and of the initial weights. init: "" for seeded random initial weights, "bundled" or a model
+    file to start from a trained predictor. device: "auto", "cpu", "cuda".
     """
 
     net: PredictNetSpec = field(default_factory=PredictNetSpec)
@@ -85,8 +98,9 @@ class PredictTrainingSpec:
     surface_points: int = 1500
     mie_points: int = 384
     val_images: int = 8
-    options: SynthOptions = field(default_factory=SynthOptions)
+    options: SynthOptions = field(default_factory=lambda: SynthOptions(elastic_mm=4.0))
     seed: int = 0
+    init: str = ""
     device: str = "auto"
 
     def run_config(self) -> dict[str, Any]:
@@ -103,7 +117,8 @@ class SyntheticImages(Dataset):
 
     Items: ``image`` (1, D, D, D) float32 in [0, 1]; ``index`` (1, D, D, D) int64 structure
     index; ``centroids`` (S, 3) frame mm and ``present`` (S,) bool per structure;
-    ``surfaces`` per structure (N_s, 3) frame mm; ``frame_to_ras`` (4, 4) float64; ``case`` int.
+    ``surfaces`` per structure (N_s, 3) frame mm; ``frame_to_ras`` (4, 4) float64; ``warp``
+    (3, G, G, G) float32 shape deformation field, mm (zeros without one); ``case`` int.
     """
 
     def __init__(self, cases: Sequence[LabelCase], length: int, spec: PredictTrainingSpec, seed: int) -> None:
@@ -120,6 +135,8 @@ class SyntheticImages(Dataset):
         net = self.spec.net
         sample = synthesize_sample(self.cases[case_index], net.grid_size, net.spacing_mm, generator, self.spec.options)
         centroids, present = index_centroids(sample.index, len(sample.surfaces), net.spacing_mm)
+        grid = max(2, int(self.spec.options.elastic_grid))
+        warp = sample.warp.field if sample.warp is not None else torch.zeros((3, grid, grid, grid))
         return {
             "image": sample.image[None].float(),
             "index": sample.index[None].long(),
@@ -127,6 +144,7 @@ class SyntheticImages(Dataset):
             "present": present,
             "surfaces": tuple(sample.surfaces),
             "frame_to_ras": torch.as_tensor(sample.frame_to_ras, dtype=torch.float64),
+            "warp": warp,
             "case": case_index,
         }
 
@@ -145,7 +163,7 @@ def index_centroids(index: torch.Tensor, n_structures: int, spacing_mm: float) -
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the grids; keep the per-structure surfaces as a list (their sizes differ)."""
     stacked = {key: torch.stack([s[key] for s in samples]) for key in ("image", "index", "centroids", "present",
-                                                                        "frame_to_ras")}
+                                                                        "frame_to_ras", "warp")}
     return stacked | {"surfaces": [s["surfaces"] for s in samples],
                       "case": torch.tensor([s["case"] for s in samples])}
 
@@ -202,7 +220,11 @@ class PredictObjective:
             parts = verts[b].split(self.sizes)
             meshes = [(parts[s], self.faces[s].to(verts.device)) for s in present]
             case = self.cases[int(batch["case"][b])]
-            lookup = label_lookup(case, batch["frame_to_ras"][b].cpu().numpy())
+            warp = None
+            if self.spec.options.elastic_mm > 0:
+                net = self.spec.net
+                warp = FrameWarp(batch["warp"][b], net.grid_size * net.spacing_mm / 2.0)
+            lookup = label_lookup(case, batch["frame_to_ras"][b].cpu().numpy(), warp)
             # label_lookup gives the structure index (-1 background); mie_loss wants the index
             # into `names` (the present structures): table[-1] is the extra last entry, -1.
             table = torch.full((len(self.names) + 1,), -1, dtype=torch.long, device=verts.device)
@@ -240,6 +262,37 @@ class PredictObjective:
         return total, metrics
 
 
+def initial_predictor(init: str, net: PredictNetSpec, names: Sequence[str]) -> MeshPredictor:
+    """The trained predictor a fine-tuning run starts from: ``"bundled"`` or a model file, on the
+    CPU in train mode.
+
+    Raises:
+        CardioInputError: its architecture differs from ``net`` or its structures from ``names``.
+        WeightsError: an unreadable or foreign file.
+    """
+    predictor = MeshPredictor.from_bundled(device="cpu") if init == "bundled" else MeshPredictor.load(init)
+    if predictor.spec != net:
+        raise CardioInputError(f"initial predictor {init}", f"has the architecture {predictor.spec.to_dict()}, "
+                               f"not the requested {net.to_dict()}", "train with its grid size and spacing")
+    if tuple(predictor.names) != tuple(names):
+        raise CardioInputError(f"initial predictor {init}", f"predicts {list(predictor.names)}, "
+                               f"the label maps hold {list(names)}", "use the same structure coding")
+    predictor.net.train()
+    return predictor
+
+
+def _initial_weights_record(init: str) -> dict[str, Any] | str:
+    """The model card's record of where the weights started."""
+    if not init:
+        return "random (seeded)"
+    if init == "bundled":
+        from cardiocore.weights import ModelRegistry
+
+        entry = ModelRegistry().find(BUNDLED_PREDICTOR).entry
+        return {"model": entry["name"], "version": entry["version"], "sha256": entry["sha256"]}
+    return {"file": str(Path(init).resolve())}
+
+
 @dataclass
 class TrainedPredictor:
     """What :func:`train_predictor` produced."""
@@ -267,7 +320,8 @@ def train_predictor(
 
     Args:
         cases: training label maps (:func:`cardiocore.recon.synth.load_cases`).
-        template: the template to deform (its structures must be the cases' structures).
+        template: the template to deform (its structures must be the cases' structures); with
+            ``spec.init`` the initial predictor's own template is used instead.
         out_dir: checkpoints (``out_dir/checkpoints``) and the result ``out_dir/model.pt``.
         spec: the settings (default :class:`PredictTrainingSpec`).
         name, data_description, data_license: for the model card.
@@ -277,7 +331,8 @@ def train_predictor(
 
     Raises:
         CardioInputError: no case, structures that the template lacks, an existing model file
-            without ``overwrite``.
+            without ``overwrite``, an initial predictor of another architecture or structures.
+        WeightsError: an initial predictor file that cannot be read.
     """
     spec = spec or PredictTrainingSpec()
     out = Path(out_dir)
@@ -290,10 +345,14 @@ def train_predictor(
     missing = [n for n in names if n not in template.names]
     if missing:
         raise CardioInputError("template", f"lacks the structures {missing} of the label maps")
-    template = template.subset(names)
-    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
-        torch.manual_seed(spec.seed)
-        predictor = MeshPredictor.create(spec.net, template)
+    if spec.init:
+        predictor = initial_predictor(spec.init, spec.net, names)
+        template = predictor.template()
+    else:
+        template = template.subset(names)
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
+            torch.manual_seed(spec.seed)
+            predictor = MeshPredictor.create(spec.net, template)
     net: MeshPredictionNet = predictor.net
     objective = PredictObjective(cases, names, spec, template.faces, net.sizes)
     train = SyntheticImages(cases, spec.steps * spec.batch, spec, spec.seed)
@@ -332,6 +391,7 @@ def train_predictor(
         "name": name,
         "task": "multi-chamber heart meshes from a CT/MR image (CardioReconstruct Predict mode)",
         "training_data": data_description or ", ".join(c.name for c in cases),
+        "initial_weights": _initial_weights_record(spec.init),
         "training_cases": [c.name for c in cases],
         "data_license": data_license,
         "settings": spec.run_config(),

@@ -4,7 +4,8 @@ Predict mode learns from images synthesised from label maps (MM-WHS, HeartDeform
 gets a random intensity, the background is split into random smooth tissue classes, then a bias
 field, blur, thick slices, noise and a gamma change are applied, so the network sees CT- and
 MR-like contrasts it never has to be told about. Orientation, scale and position vary through a
-random pose of the sampling frame.
+random pose of the sampling frame, and shape through an optional smooth random deformation of the
+frame (:class:`FrameWarp`), so a few label maps give many anatomies.
 
 The frame: the network's physical frame in mm, a cubic grid of ``size``^3 voxels with spacing
 ``spacing_mm``, centred on the frame origin; voxel (i, j, k) sits at frame position
@@ -216,20 +217,75 @@ def frame_grid_points(size: int, spacing_mm: float) -> torch.Tensor:
     return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).float()
 
 
+@dataclass(frozen=True)
+class FrameWarp:
+    """A smooth deformation of the frame: frame point ``p`` reads the label map at ``p + d(p)``.
+
+    Attributes:
+        field: (3, G, G, G) float32 displacement d in mm on a control grid spanning the cube
+            [-half_mm, half_mm]^3 of frame mm (indexed [axis, i, j, k]); trilinear in between,
+            constant beyond the cube.
+        half_mm: half the side of the cube, mm.
+    """
+
+    field: torch.Tensor
+    half_mm: float
+
+    def displacement(self, points: torch.Tensor) -> torch.Tensor:
+        """d (..., 3) float32 mm at frame points (..., 3) mm, on the points' device."""
+        flat = points.reshape(1, -1, 1, 1, 3).float()
+        field = self.field.to(device=points.device, dtype=torch.float32)
+        normalised = (flat / self.half_mm)[..., [2, 1, 0]]  # grid_sample wants (k, j, i)
+        sampled = F.grid_sample(field[None], normalised, mode="bilinear", padding_mode="border", align_corners=True)
+        return sampled[0, :, :, 0, 0].T.reshape(points.shape)
+
+    def inverse(self, points: torch.Tensor, iterations: int = 16) -> torch.Tensor:
+        """Frame points p (..., 3) with ``p + d(p)`` = ``points`` (fixed-point iteration; the
+        error shrinks by about the largest displacement gradient per iteration)."""
+        found = points.float()
+        for _ in range(iterations):
+            found = points - self.displacement(found)
+        return found
+
+
+def random_warp(generator: torch.Generator, size: int, spacing_mm: float, options: SynthOptions) -> FrameWarp | None:
+    """A random :class:`FrameWarp` over the frame cube: independent normal displacements of
+    standard deviation ``options.elastic_mm`` at the ``options.elastic_grid``^3 control points,
+    rescaled so that no displacement gradient exceeds 0.5 (the warp stays invertible). None when
+    ``options.elastic_mm`` is 0 (no random draw is made then)."""
+    if options.elastic_mm <= 0:
+        return None
+    grid = int(options.elastic_grid)
+    if grid < 2:
+        raise CardioInputError("elastic_grid", f"must be at least 2 control points per side, got {grid}")
+    half_mm = int(size) * float(spacing_mm) / 2.0
+    field = options.elastic_mm * torch.randn((3, grid, grid, grid), generator=generator)
+    step_mm = 2.0 * half_mm / (grid - 1)
+    steepest = max(float(field.diff(dim=axis).abs().max()) for axis in (1, 2, 3)) / step_mm
+    if steepest > 0.5:
+        field = field * (0.5 / steepest)
+    return FrameWarp(field, half_mm)
+
+
 def _sampling_grid(
     shape: Sequence[int], ijk_to_ras: np.ndarray, frame_to_ras: np.ndarray, size: int, spacing_mm: float,
-    device: torch.device,
+    device: torch.device, warp: FrameWarp | None = None,
 ) -> torch.Tensor:
     """``grid_sample`` grid (1, size, size, size, 3) float32, (k, j, i) order, align_corners=True,
-    of the frame voxel centres in a volume of ``shape`` with matrix ``ijk_to_ras``."""
+    of the frame voxel centres (moved by ``warp``) in a volume of ``shape`` with matrix ``ijk_to_ras``."""
     frame_to_ijk = np.linalg.inv(ijk_to_ras) @ frame_to_ras
+    extent = np.maximum(np.asarray(shape, dtype=np.float64) - 1.0, 1.0)
+    to_normalised = np.diag([*(2.0 / extent), 1.0])
+    to_normalised[:3, 3] = -1.0
+    if warp is not None:
+        matrix = torch.as_tensor((to_normalised @ frame_to_ijk)[[2, 1, 0], :], dtype=torch.float32, device=device)
+        points = frame_grid_points(size, spacing_mm).to(device)
+        points = points + warp.displacement(points)
+        return (points @ matrix[:, :3].T + matrix[:, 3])[None]
     half = (int(size) - 1) / 2.0
     grid_index_to_ijk = frame_to_ijk @ np.array([
         [spacing_mm, 0, 0, -half * spacing_mm], [0, spacing_mm, 0, -half * spacing_mm],
         [0, 0, spacing_mm, -half * spacing_mm], [0, 0, 0, 1.0]])
-    extent = np.maximum(np.asarray(shape, dtype=np.float64) - 1.0, 1.0)
-    to_normalised = np.diag([*(2.0 / extent), 1.0])
-    to_normalised[:3, 3] = -1.0
     matrix = (to_normalised @ grid_index_to_ijk)[[2, 1, 0], :]  # rows: normalised k, j, i
     m = torch.as_tensor(matrix, dtype=torch.float32, device=device)
     steps = torch.arange(int(size), dtype=torch.float32, device=device)
@@ -240,9 +296,9 @@ def _sampling_grid(
 
 def resample_to_frame(
     volume: torch.Tensor | np.ndarray, ijk_to_ras: np.ndarray, frame_to_ras: np.ndarray,
-    size: int, spacing_mm: float, mode: str = "bilinear",
+    size: int, spacing_mm: float, mode: str = "bilinear", warp: FrameWarp | None = None,
 ) -> torch.Tensor:
-    """Sample a volume at the frame's voxel centres.
+    """Sample a volume at the frame's voxel centres (each moved by ``warp`` when given).
 
     Args:
         volume: (I, J, K) array or tensor (any real dtype; a float32 input is not copied, others
@@ -264,7 +320,7 @@ def resample_to_frame(
     _checked_frame(size, spacing_mm)
     tensor = _checked_volume(volume, "volume")
     grid = _sampling_grid(tensor.shape, _checked_matrix(ijk_to_ras, "ijk_to_ras"),
-                          _checked_matrix(frame_to_ras, "frame_to_ras"), size, spacing_mm, tensor.device)
+                          _checked_matrix(frame_to_ras, "frame_to_ras"), size, spacing_mm, tensor.device, warp)
     source = tensor if tensor.dtype == torch.float32 else tensor.to(torch.float32)
     sampled = F.grid_sample(source[None, None], grid, mode=mode,
                             padding_mode="border" if mode == "bilinear" else "zeros", align_corners=True)
@@ -301,10 +357,13 @@ def random_pose(
     return pose
 
 
-def label_lookup(case: LabelCase, frame_to_ras: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
+def label_lookup(
+    case: LabelCase, frame_to_ras: np.ndarray, warp: FrameWarp | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function from frame points (N, 3) mm to the structure index minus one (N,) int64 there
     (-1 background or outside the map, ``s`` for structure ``s``), by the nearest voxel of
-    ``case.index``; it runs on the points' device."""
+    ``case.index`` (at the warped point ``p + d(p)`` when ``warp`` is given); it runs on the
+    points' device."""
     frame_to_ijk = np.linalg.inv(case.ijk_to_ras) @ _checked_matrix(frame_to_ras, "frame_to_ras")
     on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -315,7 +374,8 @@ def label_lookup(case: LabelCase, frame_to_ras: np.ndarray) -> Callable[[torch.T
                                  torch.tensor(case.index.shape, device=device),
                                  torch.as_tensor(frame_to_ijk, dtype=torch.float64, device=device))
         index, shape, matrix = on_device[device]
-        ijk = torch.round(points.detach().double() @ matrix[:3, :3].T + matrix[:3, 3]).long()
+        moved = points.detach() if warp is None else points.detach() + warp.displacement(points.detach())
+        ijk = torch.round(moved.double() @ matrix[:3, :3].T + matrix[:3, 3]).long()
         inside = ((ijk >= 0) & (ijk < shape)).all(dim=1)
         out = torch.full((points.shape[0],), -1, dtype=torch.int64, device=device)
         kept = ijk[inside]
@@ -375,6 +435,9 @@ class SynthOptions:
             interpolating it back (thick slices, anisotropy).
         gamma: range of the gamma exponent (MONAI ``RandAdjustContrast``).
         flip_contrast_prob: probability of inverting the final image (1 - image).
+        elastic_mm: standard deviation, mm, of the random smooth shape deformation
+            (:func:`random_warp`); 0 keeps the label map's shape.
+        elastic_grid: control points per side of that deformation over the frame cube.
     """
 
     supersample: int = 2
@@ -385,6 +448,8 @@ class SynthOptions:
     thick_slice_prob: float = 0.3
     gamma: tuple[float, float] = (0.7, 1.5)
     flip_contrast_prob: float = 0.0
+    elastic_mm: float = 0.0
+    elastic_grid: int = 5
 
 
 @dataclass(frozen=True)
@@ -397,6 +462,7 @@ class SynthSample:
         surfaces: per structure (N_s, 3) float32 boundary points, frame mm.
         frame_to_ras: (4, 4) float64 pose of the frame.
         case: the case name.
+        warp: the shape deformation, or None (see :class:`FrameWarp`).
     """
 
     image: torch.Tensor
@@ -404,6 +470,7 @@ class SynthSample:
     surfaces: tuple[torch.Tensor, ...]
     frame_to_ras: np.ndarray
     case: str
+    warp: FrameWarp | None = None
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -495,7 +562,9 @@ def synthesize_sample(
 
     The index map is sampled (nearest) on a grid ``options.supersample`` times finer, the image is
     synthesised there (:func:`synthesize_image`) and average-pooled to ``size``; the index map at
-    ``size`` is sampled directly (nearest). Surfaces are mapped to frame mm by the inverse pose.
+    ``size`` is sampled directly (nearest). With ``options.elastic_mm`` > 0 every frame point
+    reads the label map through a random :class:`FrameWarp`. Surfaces are mapped to frame mm by
+    the inverse pose and the inverse warp.
 
     Args:
         case: the prepared label map.
@@ -505,17 +574,21 @@ def synthesize_sample(
     """
     _checked_frame(size, spacing_mm)
     frame_to_ras = random_pose(generator, case.centre) if pose is None else _checked_matrix(pose, "pose")
+    warp = random_warp(generator, size, spacing_mm, options)
     factor = max(1, int(options.supersample))
     fine = resample_to_frame(case.index, case.ijk_to_ras, frame_to_ras, size * factor, spacing_mm / factor,
-                             mode="nearest").long()
+                             mode="nearest", warp=warp).long()
     image = synthesize_image(fine, len(case.names), generator, options)
     if factor > 1:
         image = F.avg_pool3d(image[None, None], factor)[0, 0]
-    index = resample_to_frame(case.index, case.ijk_to_ras, frame_to_ras, size, spacing_mm, mode="nearest").long()
+    index = resample_to_frame(case.index, case.ijk_to_ras, frame_to_ras, size, spacing_mm, mode="nearest",
+                              warp=warp).long()
     ras_to_frame = np.linalg.inv(frame_to_ras)
     surfaces = tuple(torch.from_numpy((points @ ras_to_frame[:3, :3].T + ras_to_frame[:3, 3]).astype(np.float32))
                      for points in case.surfaces)
-    return SynthSample(image, index, surfaces, frame_to_ras, case.name)
+    if warp is not None:
+        surfaces = tuple(warp.inverse(points) for points in surfaces)
+    return SynthSample(image, index, surfaces, frame_to_ras, case.name, warp)
 
 
 # ---------------------------------------------------------------------------- inference
