@@ -149,6 +149,7 @@ def test_bench_rows_have_the_schema_and_targets(tiny):
         assert set(COLUMNS) <= set(row) and row["median_s"] > 0
     for row in rows[:3]:
         assert row["nna_set"] == 3 and 0.0 <= row["one_nna_percent"] <= 100.0
+        assert row["nna_sets"] == 2 and row["one_nna_se_pts"] >= 0.0  # 8 meshes hold two disjoint sets of 3
     assert rows[0]["ratio"] == 1.0 and rows[0]["target_s"] is None  # no target below 1,000 meshes
     assert rows[0]["speedup_vs_ddpm"] == pytest.approx(rows[2]["median_s"] / rows[0]["median_s"])
     assert rows[1]["one_nna_gap_pts"] == pytest.approx(rows[1]["one_nna_percent"] - rows[2]["one_nna_percent"])

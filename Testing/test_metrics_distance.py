@@ -17,7 +17,13 @@ from cardiocore.metrics.distance import (
     nearest_neighbour_distance,
     pairwise_chamfer,
 )
-from cardiocore.metrics.generative import coverage, generative_metrics, mmd, one_nna
+from cardiocore.metrics.generative import (
+    coverage,
+    generative_metrics,
+    generative_metrics_per_set,
+    mmd,
+    one_nna,
+)
 
 METHODS = ["brute", "kdtree"]
 
@@ -118,6 +124,16 @@ def test_pairwise_chamfer_equals_loop(method: str) -> None:
     assert torch.allclose(result, loop, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["brute", "kdtree"])
+def test_a_set_against_itself_is_symmetric_and_matches_a_copy(method: str) -> None:
+    """The KD-tree path computes one pass for ``a`` against itself; the result equals the full
+    computation against a copy."""
+    a = torch.randn(6, 100, 3, generator=torch.Generator().manual_seed(9)) * 10
+    itself = pairwise_chamfer(a, a, method=method)
+    assert torch.allclose(itself, pairwise_chamfer(a, a.clone(), method=method), rtol=1e-6)
+    assert torch.equal(itself, itself.T) and float(itself.diagonal().abs().max()) == 0.0
+
+
 # --- generative metrics -------------------------------------------------------------------
 
 
@@ -164,6 +180,15 @@ def test_one_nna_same_distribution_disjoint_and_copies() -> None:
 def test_one_nna_rejects_mismatched_matrices() -> None:
     with pytest.raises(CardioInputError, match="d_sr"):
         one_nna(torch.zeros(2, 2), torch.zeros(3, 3), torch.zeros(3, 2))
+
+
+def test_metrics_per_set_equal_one_set_at_a_time() -> None:
+    gen = torch.Generator().manual_seed(12)
+    references = sphere_shapes(10 + torch.rand(12, generator=gen, dtype=torch.float64))
+    sets = [sphere_shapes(10 + k + torch.rand(12, generator=gen, dtype=torch.float64)) for k in (0.0, 0.6)]
+    per_set = generative_metrics_per_set(sets, references)
+    assert per_set == [generative_metrics(s, references) for s in sets]
+    assert per_set[0].one_nna < per_set[1].one_nna  # the shifted set is easier to tell apart
 
 
 def test_generative_metrics_on_radius_distributions() -> None:

@@ -200,7 +200,8 @@ def _cmd_bench_gen(args: argparse.Namespace) -> int:
         cohort = load_cohort(args.data)
         test = split_by_subject(cohort, split.get("fractions", [0.8, 0.1, 0.1]), seed=split.get("seed", 0))[-1]
         reference = test.phase("ED").verts
-    rows = run_gen_benchmarks(model, reference, n=args.n, device=args.device, quick=args.quick)
+    rows = run_gen_benchmarks(model, reference, n=args.n, device=args.device, quick=args.quick,
+                              nna_sets=args.nna_sets)
     print(format_gen_rows(rows))
     if args.json:
         from cardiocore.train.atomic import write_json
@@ -286,6 +287,8 @@ def add_gen_bench(suites: Any) -> None:
     bench.add_argument("--data", help="cohort for the 1-NNA reference (its held-out ED split)")
     bench.add_argument("--n", type=int, default=1000, help="meshes per timing (default 1000)")
     bench.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not the figures")
+    bench.add_argument("--nna-sets", type=int, default=3,
+                       help="disjoint sets of generated meshes whose 1-NNA is averaged (default 3)")
     bench.add_argument("--json", help="also write the rows to this JSON file")
     bench.set_defaults(handler=_cmd_bench_gen)
 

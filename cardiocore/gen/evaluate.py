@@ -35,7 +35,7 @@ from cardiocore.gen.clinical import CLINICAL_COLUMNS, lv_shape_indices, pair_eje
 from cardiocore.gen.data import ATLAS_HINT, PHASES, _name_items
 from cardiocore.geometry.sampling import sample_surface
 from cardiocore.metrics.distance import CHAMFER_POINTS
-from cardiocore.metrics.generative import GenerativeMetrics, generative_metrics
+from cardiocore.metrics.generative import GenerativeMetrics, generative_metrics_per_set
 
 if TYPE_CHECKING:
     from cardiocore.gen.data import ShapeCohort
@@ -142,13 +142,31 @@ def generative_scores(
     Returns:
         :class:`GenerativeMetrics` (fractions and mm).
     """
-    gen, ref = _stack_meshes(generated, "generated meshes"), _stack_meshes(reference, "reference meshes")
+    return generative_scores_per_set([generated], reference, faces, n_points, seed, device)[0]
+
+
+def generative_scores_per_set(
+    generated_sets: Sequence[MeshSet],
+    reference: MeshSet,
+    faces: ArrayLike,
+    n_points: int = CHAMFER_POINTS,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> list[GenerativeMetrics]:
+    """:func:`generative_scores` of several generated sets (e.g. disjoint sets of one sampler's
+    meshes, to average out the sampling noise of 1-NNA) against one reference set, whose
+    surface points and self-distances are computed once. Surface sampling takes the generated
+    sets in order, then the reference set, from one generator seeded with ``seed``."""
     faces_t = torch.as_tensor(faces).long().cpu()
-    _check_topology(gen, ref, faces_t, None)
+    ref = _stack_meshes(reference, "reference meshes")
     generator = torch.Generator().manual_seed(int(seed))
-    points_gen = surface_points(gen, faces_t, n_points, generator).to(device)
+    points_gen = []
+    for k, generated in enumerate(generated_sets):
+        gen = _stack_meshes(generated, f"generated meshes (set {k + 1})")
+        _check_topology(gen, ref, faces_t, None)
+        points_gen.append(surface_points(gen, faces_t, n_points, generator).to(device))
     points_ref = surface_points(ref, faces_t, n_points, generator).to(device)
-    return generative_metrics(points_gen, points_ref)
+    return generative_metrics_per_set(points_gen, points_ref)
 
 
 def reconstruction_error_mm(model: CardioGenModel, verts: ArrayLike) -> float:

@@ -126,9 +126,19 @@ def generative_metrics(
     Returns:
         :class:`GenerativeMetrics` (MMD in mm, COV and 1-NNA as fractions).
     """
-    d_ss = pairwise_chamfer(samples, samples, batch_size=batch_size)
+    return generative_metrics_per_set([samples], references, batch_size)[0]
+
+
+def generative_metrics_per_set(
+    sample_sets: list[ArrayLike], references: ArrayLike, batch_size: int | None = None
+) -> list[GenerativeMetrics]:
+    """:func:`generative_metrics` of several sample sets (each (S_k, P, 3), mm) against one
+    reference set (R, P, 3), mm; the reference-to-reference distances are computed once."""
     d_rr = pairwise_chamfer(references, references, batch_size=batch_size)
-    d_sr = pairwise_chamfer(samples, references, batch_size=batch_size)
-    return GenerativeMetrics(
-        mmd_mm=float(mmd(d_sr)), coverage=float(coverage(d_sr)), one_nna=float(one_nna(d_ss, d_rr, d_sr))
-    )
+    results = []
+    for samples in sample_sets:
+        d_ss = pairwise_chamfer(samples, samples, batch_size=batch_size)
+        d_sr = pairwise_chamfer(samples, references, batch_size=batch_size)
+        results.append(GenerativeMetrics(
+            mmd_mm=float(mmd(d_sr)), coverage=float(coverage(d_sr)), one_nna=float(one_nna(d_ss, d_rr, d_sr))))
+    return results
