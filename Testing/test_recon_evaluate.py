@@ -23,7 +23,7 @@ from cardiocore.geometry.smoothing import (
 from cardiocore.geometry.volume import enclosed_volume
 from cardiocore.phantoms.heart import grid_ijk_to_ras, heart_label_phantom, voxel_centres_ras
 from cardiocore.recon.baseline import baseline_meshes, run_baseline_case
-from cardiocore.recon.evaluate import ReconMetrics, evaluate_meshes, is_manifold
+from cardiocore.recon.evaluate import ReconMetrics, RuleMetrics, StructureMetrics, evaluate_meshes, is_manifold
 from cardiocore.recon.rules import Rule, RuleSet, Structure
 
 # A coarse phantom (4.5 mm voxels) keeps the file fast; three structures, three disjoint rules.
@@ -217,3 +217,20 @@ def test_windowed_sinc_matches_slicer_settings() -> None:
         windowed_sinc_smooth(verts, faces, pass_band=3.0)
     with pytest.raises(CardioInputError, match="pass_band"):
         taubin_smooth(verts, faces, pass_band=3.0)
+
+
+def test_the_summary_line_leaves_out_figures_that_need_labels() -> None:
+    """Without reference labels Dice is NaN: the summary's Dice columns are NaN, the VR column
+    still reports the rules, and a NaN never decides a min or max."""
+
+    def structure(name: str, dice: float) -> StructureMetrics:
+        return StructureMetrics(name, dice, float("nan"), float("nan"), 0.2, True, True, 0, 10.0, float("nan"))
+
+    rules = [RuleMetrics("disjoint", "rv", "la", float("nan"), 0.0, 0.0),
+             RuleMetrics("disjoint", "lv", "la", 0.01, 0.02, 0.0)]
+    unlabelled = ReconMetrics({"rv": structure("rv", float("nan")), "la": structure("la", float("nan"))}, rules)
+    line = unlabelled.summary()
+    assert math.isnan(line["min Dice"]) and math.isnan(line["mean Dice"])
+    assert line["max VR (%)"] == pytest.approx(1.0) and line["max SVR (%)"] == pytest.approx(2.0)
+    mixed = ReconMetrics({"rv": structure("rv", float("nan")), "la": structure("la", 0.9)}, [])
+    assert mixed.summary()["min Dice"] == 0.9 and mixed.summary()["max VR (%)"] == 0.0

@@ -189,18 +189,25 @@ class ReconMetrics:
 
     def summary(self) -> dict[str, Any]:
         """One line for an ablation table: worst/mean Dice, worst VR and SVR (%), mean LSE (mm^2),
-        all watertight, total self-intersections."""
+        all watertight, total self-intersections. NaN figures (Dice without reference labels) are
+        left out; a column with none left is NaN (0 for VR and SVR without rules)."""
         metrics = list(self.structures.values())
-        dices = [m.dice for m in metrics]
+        dices = _finite(m.dice for m in metrics)
+        lse = _finite(m.lse_mm2 for m in metrics)
         return {
             "min Dice": min(dices, default=float("nan")),
             "mean Dice": float(np.mean(dices)) if dices else float("nan"),
-            "max VR (%)": max((100 * r.vr for r in self.rules), default=0.0),
-            "max SVR (%)": max((100 * r.svr for r in self.rules), default=0.0),
-            "mean LSE (mm^2)": float(np.mean([m.lse_mm2 for m in metrics])) if metrics else float("nan"),
+            "max VR (%)": max(_finite(100 * r.vr for r in self.rules), default=0.0 if not self.rules else float("nan")),
+            "max SVR (%)": max(_finite(100 * r.svr for r in self.rules), default=0.0 if not self.rules else float("nan")),
+            "mean LSE (mm^2)": float(np.mean(lse)) if lse else float("nan"),
             "all watertight": all(m.watertight for m in metrics),
             "self-intersections": sum(m.self_intersections for m in metrics),
         }
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    """The finite values, in order."""
+    return [float(v) for v in values if math.isfinite(v)]
 
 
 def is_manifold(faces: ArrayLike) -> bool:
