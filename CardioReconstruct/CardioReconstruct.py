@@ -7,7 +7,8 @@ Four classes, as every CardioShape module:
 - ``CardioReconstruct(ScriptedLoadableModule)``: title, category, help;
 - ``CardioReconstructWidget``: input segmentation and/or volume, an editable segment-to-structure
   mapping guessed from the segment names, mode Fit (settings) or Predict (model file, default the
-  bundled model; a clear message when it is missing), Apply with progress and Cancel;
+  bundled model, with a clear message when it is missing; an optional heart-centre point list),
+  Apply with progress and Cancel;
 - ``CardioReconstructLogic``: explicit arguments, no GUI; delegates to :mod:`cardiocore.mrml.recon`;
 - ``CardioReconstructTest``: ``runTest()`` runs the scenario functions below, which pytest runs
   too (``Testing/test_recon_mrml.py``).
@@ -35,7 +36,7 @@ from cardiocore.mrml.scripted import (
 if IN_SLICER:
     import qt
     import slicer
-    from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+    from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
     from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 
     @parameterNodeWrapper
@@ -44,6 +45,7 @@ if IN_SLICER:
 
         inputSegmentation: vtkMRMLSegmentationNode
         inputVolume: vtkMRMLScalarVolumeNode
+        heartCentre: vtkMRMLMarkupsFiducialNode
         iterations: Annotated[int, WithinRange(1, 5000)] = 150
         useMie: bool = True
         cpuOnly: bool = False
@@ -65,8 +67,9 @@ class CardioReconstruct(ScriptedLoadableModule):
             "labelmap, a multi-chamber template is deformed to the segments; a relational loss (MIE) keeps the "
             "chambers from passing through each other. Predict mode: from a CT or MR image, a trained network "
             "(the bundled model, or a model file made with 'cardio recon train') predicts the meshes in seconds "
-            "(the bundled network was trained on few label maps: check its meshes); a segmentation selected as "
-            "well serves as reference for Dice and HD95. Outputs: one "
+            "(the bundled network was trained on few label maps: check its meshes); its 192 mm field of view is "
+            "centred on the image, or on the first point of the Heart centre point list when one is chosen; a "
+            "segmentation selected as well serves as reference for Dice and HD95. Outputs: one "
             "watertight model per structure with the template's topology, a segmentation made from the meshes, "
             "and tables of volumes, Dice, HD95 (when there are labels) and violation rates. The input nodes are "
             "never modified."
@@ -114,7 +117,8 @@ class CardioReconstructWidget(ScriptedLoadableModuleWidget):
         predict = self._predictMode()
         for widget in (self.ui.iterationsLabel, self.ui.iterationsSpinBox, self.ui.useMieCheckBox):
             widget.visible = not predict
-        for widget in (self.ui.modelLabel, self.ui.modelPathLineEdit, self.ui.modelStatusLabel):
+        for widget in (self.ui.modelLabel, self.ui.modelPathLineEdit, self.ui.modelStatusLabel,
+                       self.ui.heartCentreLabel, self.ui.heartCentreSelector):
             widget.visible = predict
         self.ui.applyButton.enabled = True
         if not predict:
@@ -203,7 +207,9 @@ class CardioReconstructWidget(ScriptedLoadableModuleWidget):
                 try:
                     if self._predictMode():
                         result = self.logic.predict(parameters.inputVolume, self._modelPath(),
-                                                    reference_labels=parameters.inputSegmentation, **common)
+                                                    reference_labels=parameters.inputSegmentation,
+                                                    centre_ras=self.logic.heart_centre(parameters.heartCentre),
+                                                    **common)
                     else:
                         result = self.logic.reconstruct(parameters.inputSegmentation, parameters.inputVolume,
                                                         steps=parameters.iterations, use_mie=parameters.useMie,
@@ -298,6 +304,17 @@ class CardioReconstructLogic(ScriptedLoadableModuleLogic):
         return reconstruct_from_volume(volume_node, model_path=model_path, device=device, progress=progress,
                                        should_stop=should_stop, reference_labels=reference_labels, mapping=mapping,
                                        **predict_options)
+
+    def heart_centre(self, markups_node: Any) -> list[float] | None:
+        """RAS mm of the first point of a point list (world coordinates, so a transformed list
+        counts where it is shown), or None without a node.
+
+        Raises:
+            CardioInputError: a point list without points.
+        """
+        from cardiocore.mrml.recon import centre_from_markups
+
+        return centre_from_markups(markups_node)
 
     def model_problem(self, model_path: str | None = None) -> str | None:
         """Why Predict mode cannot run with ``model_path`` (None: the bundled model), or None."""

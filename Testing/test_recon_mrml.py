@@ -24,6 +24,7 @@ from cardiocore.errors import CardioInputError, VolumeError, WeightsError
 from cardiocore.geometry.primitives import icosphere
 from cardiocore.mrml.recon import (
     ReconstructionCancelled,
+    centre_from_markups,
     guess_mapping,
     load_predictor,
     model_problem,
@@ -115,6 +116,33 @@ def test_predict_volume_on_axis_aligned_and_oblique_grids(app) -> None:
     assert all(m["volume_ml"] > 0 for m in metrics["structures"].values())  # closed, outward oriented
     text = summary_text(metrics)
     assert "predicted by unnamed model on cpu" in text and "lv_cavity: 0." in text and "Dice" not in text
+
+
+def test_the_heart_centre_comes_from_a_point_list_in_world_coordinates(app) -> None:
+    """The module's Heart centre: the first point of a (transformed) point list, RAS mm; an empty
+    list is named; the network's frame is then placed there."""
+    import vtk
+
+    scene = app.scene
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "heart")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    try:
+        logic = MODULE.CardioReconstructLogic()
+        assert logic.heart_centre(None) is None
+        with pytest.raises(CardioInputError, match="'heart'.*no point"):
+            logic.heart_centre(points)
+        points.AddControlPoint(vtk.vtkVector3d(10.0, -20.0, 30.0))
+        points.AddControlPoint(vtk.vtkVector3d(0.0, 0.0, 0.0))
+        assert centre_from_markups(points) == pytest.approx([10.0, -20.0, 30.0])
+        matrix = vtk.vtkMatrix4x4()
+        matrix.SetElement(0, 3, 5.0)
+        matrix.SetElement(2, 3, -7.0)
+        transform.SetMatrixTransformToParent(matrix)
+        points.SetAndObserveTransformNodeID(transform.GetID())
+        assert logic.heart_centre(points) == pytest.approx([15.0, -20.0, 23.0])
+    finally:
+        scene.RemoveNode(points)
+        scene.RemoveNode(transform)
 
 
 def test_predict_with_reference_labels_and_cancel(app) -> None:

@@ -531,6 +531,24 @@ def _reference_of(
     return ReferenceLabels(labels, ijk_to_ras, label_of), sources, extra | {"reference": node.GetName()}
 
 
+def centre_from_markups(markups_node: Any) -> list[float] | None:
+    """RAS mm (3,) of the first control point of a point list, in world coordinates (a list under
+    a transform counts where it is displayed), for ``centre_ras`` of :func:`reconstruct_from_volume`;
+    None for no node.
+
+    Raises:
+        CardioInputError: a node without control points.
+    """
+    if markups_node is None:
+        return None
+    if markups_node.GetNumberOfControlPoints() < 1:
+        raise CardioInputError(f"point list {markups_node.GetName()!r}", "has no point to centre the network on",
+                               "place one point on the heart, or clear the Heart centre selection")
+    position = [0.0, 0.0, 0.0]
+    markups_node.GetNthControlPointPositionWorld(0, position)
+    return [float(v) for v in position]
+
+
 def reconstruct_from_volume(
     volume_node: Any,
     *,
