@@ -76,14 +76,14 @@ class MeshPredictor:
         return HeartTemplate(self.names, tuple(verts), self.template_faces, "template of a trained predictor")
 
     def to_payload(self) -> dict[str, Any]:
-        template = self.net.template.cpu()
+        template = self.template()
         return {
             "format": FILE_FORMAT,
             "format_version": FILE_VERSION,
             "spec": self.spec.to_dict(),
             "names": list(self.names),
-            "template_verts": list(template.split(self.net.sizes)),
-            "template_faces": [f.cpu() for f in self.template_faces],
+            "template_verts": list(template.verts),
+            "template_faces": [f.cpu() for f in template.faces],
             "state_dict": {k: v.cpu() for k, v in self.net.state_dict().items()},
             "card": self.card,
         }

@@ -3,9 +3,9 @@
 Every training sample is drawn afresh (:func:`cardiocore.recon.synth.synthesize_sample`): a
 label map, a random pose (rotation, scale, shift), a random smooth shape deformation, random
 intensities per label and per background tissue class, bias field, blur, thick slices, noise and
-gamma. Sample ``i`` of the
-run is fixed by ``(seed, i)``, so a resumed run sees exactly the samples an uninterrupted one
-would (:class:`cardiocore.train.loop.Trainer` restores the position and every RNG).
+gamma. Sample ``i`` of the run is fixed by ``(seed, i)``, so a resumed run sees exactly the
+samples an uninterrupted one would (:class:`cardiocore.train.loop.Trainer` restores the position
+and every RNG).
 
 Loss per image (:class:`PredictObjective`), all in the network frame:
 
@@ -220,10 +220,9 @@ class PredictObjective:
             parts = verts[b].split(self.sizes)
             meshes = [(parts[s], self.faces[s].to(verts.device)) for s in present]
             case = self.cases[int(batch["case"][b])]
-            warp = None
-            if self.spec.options.elastic_mm > 0:
-                net = self.spec.net
-                warp = FrameWarp(batch["warp"][b], net.grid_size * net.spacing_mm / 2.0)
+            net = self.spec.net
+            warp = (FrameWarp.on_frame(batch["warp"][b], net.grid_size, net.spacing_mm)
+                    if self.spec.options.elastic_mm > 0 else None)
             lookup = label_lookup(case, batch["frame_to_ras"][b].cpu().numpy(), warp)
             # label_lookup gives the structure index (-1 background); mie_loss wants the index
             # into `names` (the present structures): table[-1] is the extra last entry, -1.

@@ -231,6 +231,11 @@ class FrameWarp:
     field: torch.Tensor
     half_mm: float
 
+    @classmethod
+    def on_frame(cls, field: torch.Tensor, size: int, spacing_mm: float) -> FrameWarp:
+        """The warp of ``field`` spanning the frame grid of ``size``^3 voxels of ``spacing_mm``."""
+        return cls(field, int(size) * float(spacing_mm) / 2.0)
+
     def displacement(self, points: torch.Tensor) -> torch.Tensor:
         """d (..., 3) float32 mm at frame points (..., 3) mm, on the points' device."""
         flat = points.reshape(1, -1, 1, 1, 3).float()
@@ -258,13 +263,12 @@ def random_warp(generator: torch.Generator, size: int, spacing_mm: float, option
     grid = int(options.elastic_grid)
     if grid < 2:
         raise CardioInputError("elastic_grid", f"must be at least 2 control points per side, got {grid}")
-    half_mm = int(size) * float(spacing_mm) / 2.0
     field = options.elastic_mm * torch.randn((3, grid, grid, grid), generator=generator)
-    step_mm = 2.0 * half_mm / (grid - 1)
+    step_mm = int(size) * float(spacing_mm) / (grid - 1)
     steepest = max(float(field.diff(dim=axis).abs().max()) for axis in (1, 2, 3)) / step_mm
     if steepest > 0.5:
         field = field * (0.5 / steepest)
-    return FrameWarp(field, half_mm)
+    return FrameWarp.on_frame(field, size, spacing_mm)
 
 
 def _sampling_grid(
