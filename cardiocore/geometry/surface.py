@@ -14,13 +14,19 @@ from cardiocore.geometry.mesh import ArrayLike
 from cardiocore.geometry.volume import enclosed_volume
 
 
-def _checked_matrix(ijk_to_ras: ArrayLike) -> np.ndarray:
-    matrix = np.asarray(torch.as_tensor(ijk_to_ras).detach().cpu(), dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
-        raise VolumeError("ijk_to_ras", f"must be a finite 4x4 matrix, got shape {matrix.shape}")
-    if abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
-        raise VolumeError("ijk_to_ras", "has a singular 3x3 part (zero spacing or collapsed axes)")
-    return matrix
+def checked_matrix(matrix: ArrayLike, what: str = "ijk_to_ras") -> np.ndarray:
+    """A finite (4, 4) affine matrix (last row 0, 0, 0, 1) with an invertible 3x3 part, as
+    float64; otherwise a VolumeError naming ``what`` (an image's voxel-to-RAS matrix, a pose, ...)."""
+    array = np.asarray(torch.as_tensor(matrix).detach().cpu(), dtype=np.float64)
+    if array.shape != (4, 4):
+        raise VolumeError(what, f"must be a 4x4 matrix, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise VolumeError(what, "contains NaN or infinite entries")
+    if not np.array_equal(array[3], [0.0, 0.0, 0.0, 1.0]):
+        raise VolumeError(what, f"last row must be [0, 0, 0, 1], got {array[3].tolist()}")
+    if abs(np.linalg.det(array[:3, :3])) < 1e-12:
+        raise VolumeError(what, "has a singular 3x3 part (zero spacing or collapsed axes)")
+    return array
 
 
 def surface_from_mask(
@@ -48,7 +54,7 @@ def surface_from_mask(
             negative smoothing.
     """
     values = np.asarray(torch.as_tensor(mask).detach().cpu(), dtype=np.float64)
-    matrix = _checked_matrix(ijk_to_ras)
+    matrix = checked_matrix(ijk_to_ras)
     if values.ndim != 3:
         raise VolumeError("mask", f"must be a 3-D (I, J, K) array, got shape {values.shape}")
     if smoothing_mm < 0:

@@ -6,23 +6,15 @@ from collections.abc import Sequence
 
 import torch
 
-from cardiocore.errors import CardioInputError, VolumeError
+from cardiocore.errors import CardioInputError
 from cardiocore.geometry.mesh import ArrayLike, as_mesh
+from cardiocore.geometry.surface import checked_matrix
 from cardiocore.geometry.winding import Method, occupancy
 
 
 def _as_affine(ijk_to_ras: ArrayLike, like: torch.Tensor) -> torch.Tensor:
     """The 4x4 IJK-to-RAS matrix as a float64 tensor, checked to be an invertible affine map."""
-    matrix = torch.as_tensor(ijk_to_ras, dtype=torch.float64, device=like.device)
-    if matrix.shape != (4, 4):
-        raise VolumeError("ijk_to_ras", f"must be a 4x4 matrix, got shape {tuple(matrix.shape)}")
-    if not bool(torch.isfinite(matrix).all()):
-        raise VolumeError("ijk_to_ras", "contains NaN or infinite entries")
-    if not torch.equal(matrix[3], matrix.new_tensor([0.0, 0.0, 0.0, 1.0])):
-        raise VolumeError("ijk_to_ras", f"last row must be [0, 0, 0, 1], got {matrix[3].tolist()}")
-    if abs(float(torch.linalg.det(matrix[:3, :3]))) < 1e-12:
-        raise VolumeError("ijk_to_ras", "is singular (zero spacing or collinear axes)")
-    return matrix
+    return torch.as_tensor(checked_matrix(ijk_to_ras), device=like.device)
 
 
 def _index_box(verts: torch.Tensor, matrix: torch.Tensor, shape: tuple[int, int, int]) -> list[range]:

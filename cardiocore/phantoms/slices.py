@@ -15,6 +15,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from cardiocore.errors import CardioInputError, VolumeError
+from cardiocore.geometry.surface import checked_matrix
 from cardiocore.phantoms.heart import LABEL, HeartPhantom
 
 LV_LABELS = (LABEL["LV cavity"], LABEL["LV myocardium"])
@@ -108,11 +109,9 @@ def short_axis_stack(
         volume = np.asarray(mask_or_phantom)
     if volume.ndim != 3:
         raise VolumeError("volume", f"must be a 3D (I, J, K) array, got shape {volume.shape}")
-    if ijk_to_ras is None or np.asarray(ijk_to_ras).shape != (4, 4):
+    if ijk_to_ras is None:
         raise VolumeError("ijk_to_ras", "a (4, 4) voxel-to-RAS matrix is required for an array input")
-    ijk_to_ras = np.asarray(ijk_to_ras, dtype=float)
-    if abs(np.linalg.det(ijk_to_ras[:3, :3])) < 1e-12:
-        raise VolumeError("ijk_to_ras", "is singular (zero spacing or degenerate direction cosines)")
+    ijk_to_ras = checked_matrix(ijk_to_ras)
     bad_slice_spacing = slice_spacing_mm is not None and not slice_spacing_mm > 0
     if int(n_slices) < 1 or int(size) < 1 or not in_plane_spacing_mm > 0 or bad_slice_spacing:
         raise CardioInputError(

@@ -45,7 +45,7 @@ from scipy.spatial import cKDTree
 
 from cardiocore.errors import CardioInputError, VolumeError
 from cardiocore.geometry.mesh import face_normals
-from cardiocore.geometry.surface import surface_from_mask
+from cardiocore.geometry.surface import checked_matrix, surface_from_mask
 from cardiocore.recon.mie import (
     Violations,
     bounding_box,
@@ -390,9 +390,7 @@ def fit_template(
     array = np.asarray(labels)
     if array.ndim != 3:
         raise VolumeError("labels", f"must be a 3-D (I, J, K) label map, got shape {array.shape}")
-    matrix = np.asarray(ijk_to_ras, dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
-        raise VolumeError("ijk_to_ras", "must be a finite, invertible 4x4 voxel-to-RAS matrix")
+    matrix = checked_matrix(ijk_to_ras)
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
 

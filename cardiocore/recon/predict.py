@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from cardiocore.errors import CardioInputError, VolumeError, WeightsError
+from cardiocore.geometry.surface import checked_matrix
 from cardiocore.recon.fit import FitResult
 from cardiocore.recon.predict_net import MeshPredictionNet, PredictNetSpec
 from cardiocore.recon.resolve import resolve_meshes
@@ -137,9 +138,7 @@ def _check_image(image: np.ndarray | torch.Tensor, ijk_to_ras: np.ndarray) -> tu
         raise VolumeError("image", f"must be a 3-D (I, J, K) volume, got shape {tuple(image.shape)}")
     if min(image.shape) < 2:
         raise VolumeError("image", f"has a dimension of size < 2: {tuple(image.shape)}")
-    matrix = np.asarray(ijk_to_ras, dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
-        raise VolumeError("ijk_to_ras", "must be a finite, invertible 4x4 voxel-to-RAS matrix")
+    matrix = checked_matrix(ijk_to_ras)
     warnings = []
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
     if spacing.max() / spacing.min() > MAX_ANISOTROPY:

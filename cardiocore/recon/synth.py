@@ -31,7 +31,7 @@ from monai.transforms import RandAdjustContrast, RandBiasField, RandGaussianNois
 from monai.utils import convert_to_tensor
 
 from cardiocore.errors import CardioInputError, VolumeError
-from cardiocore.geometry.surface import surface_from_mask
+from cardiocore.geometry.surface import checked_matrix, surface_from_mask
 from cardiocore.recon.rules import RuleSet, resolve_rule_set
 from cardiocore.recon.template import crop_and_stride, read_label_map
 
@@ -45,16 +45,6 @@ _WITHIN_LABEL_STD = 0.05  # maximum intensity standard deviation inside one labe
 
 
 # ---------------------------------------------------------------------------- checks
-
-
-def _checked_matrix(matrix: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
-    """A finite, invertible (4, 4) homogeneous matrix as float64, or VolumeError naming ``what``."""
-    array = np.asarray(torch.as_tensor(matrix).detach().cpu(), dtype=np.float64)
-    if array.shape != (4, 4) or not np.isfinite(array).all():
-        raise VolumeError(what, f"must be a finite (4, 4) matrix, got shape {array.shape}")
-    if abs(np.linalg.det(array[:3, :3])) < 1e-12:
-        raise VolumeError(what, "is singular (zero spacing or collapsed axes)")
-    return array
 
 
 def _checked_volume(volume: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
@@ -162,7 +152,7 @@ def prepare_case(
     array = np.asarray(labels)
     if array.ndim != 3:
         raise VolumeError(name, f"label map must be 3-D (I, J, K), got shape {array.shape}")
-    matrix = _checked_matrix(ijk_to_ras, f"{name}: ijk_to_ras")
+    matrix = checked_matrix(ijk_to_ras, f"{name}: ijk_to_ras")
     if len(rules.structures) > 255:
         raise CardioInputError(name, f"{len(rules.structures)} structures do not fit a uint8 index map")
     index = _structure_index(array, [s.label for s in rules.structures])
@@ -323,8 +313,8 @@ def resample_to_frame(
         raise CardioInputError("mode", f"must be 'bilinear' or 'nearest', got {mode!r}")
     _checked_frame(size, spacing_mm)
     tensor = _checked_volume(volume, "volume")
-    grid = _sampling_grid(tensor.shape, _checked_matrix(ijk_to_ras, "ijk_to_ras"),
-                          _checked_matrix(frame_to_ras, "frame_to_ras"), size, spacing_mm, tensor.device, warp)
+    grid = _sampling_grid(tensor.shape, checked_matrix(ijk_to_ras, "ijk_to_ras"),
+                          checked_matrix(frame_to_ras, "frame_to_ras"), size, spacing_mm, tensor.device, warp)
     source = tensor if tensor.dtype == torch.float32 else tensor.to(torch.float32)
     sampled = F.grid_sample(source[None, None], grid, mode=mode,
                             padding_mode="border" if mode == "bilinear" else "zeros", align_corners=True)
@@ -368,7 +358,7 @@ def label_lookup(
     (-1 background or outside the map, ``s`` for structure ``s``), by the nearest voxel of
     ``case.index`` (at the warped point ``p + d(p)`` when ``warp`` is given); it runs on the
     points' device."""
-    frame_to_ijk = np.linalg.inv(case.ijk_to_ras) @ _checked_matrix(frame_to_ras, "frame_to_ras")
+    frame_to_ijk = np.linalg.inv(case.ijk_to_ras) @ checked_matrix(frame_to_ras, "frame_to_ras")
     on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def lookup(points: torch.Tensor) -> torch.Tensor:
@@ -577,7 +567,7 @@ def synthesize_sample(
         pose: (4, 4) frame_to_ras; default :func:`random_pose` about ``case.centre``.
     """
     _checked_frame(size, spacing_mm)
-    frame_to_ras = random_pose(generator, case.centre) if pose is None else _checked_matrix(pose, "pose")
+    frame_to_ras = random_pose(generator, case.centre) if pose is None else checked_matrix(pose, "pose")
     warp = random_warp(generator, size, spacing_mm, options)
     factor = max(1, int(options.supersample))
     fine = resample_to_frame(case.index, case.ijk_to_ras, frame_to_ras, size * factor, spacing_mm / factor,
@@ -624,7 +614,7 @@ def image_to_frame(
     """
     _checked_frame(size, spacing_mm)
     tensor = _checked_volume(volume, "volume")
-    matrix = _checked_matrix(ijk_to_ras, "ijk_to_ras")
+    matrix = checked_matrix(ijk_to_ras, "ijk_to_ras")
     shape = np.array(tensor.shape)
     if centre_ras is None:
         centre = matrix[:3, :3] @ ((shape - 1) / 2.0) + matrix[:3, 3]
