@@ -55,6 +55,7 @@ from cardiocore.metrics.distance import mesh_chamfer
 from cardiocore.metrics.overlap import dice, hd95
 from cardiocore.metrics.smoothness import laplacian_smoothness_energy
 from cardiocore.metrics.violation import mask_violation_rate, violation_rate, volume_violation_rate
+from cardiocore.train.atomic import finite_or_none
 
 Mesh = tuple[ArrayLike, ArrayLike]
 """A mesh as (verts (V, 3) RAS mm, faces (F, 3) int64)."""
@@ -123,11 +124,6 @@ class RuleMetrics:
         return f"{self.a} {self.kind} {self.b}"
 
 
-def _finite_or_none(value: Any) -> Any:
-    """JSON has no infinity or NaN: such floats become None."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 @dataclass(frozen=True)
 class ReconMetrics:
     """All figures of one reconstruction.
@@ -149,19 +145,17 @@ class ReconMetrics:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready nested dict; infinite or NaN figures become None."""
         structures = {
-            name: {key: _finite_or_none(value) for key, value in asdict(m).items() if key != "name"}
-            | {"watertight": m.watertight}
+            name: {key: value for key, value in asdict(m).items() if key != "name"} | {"watertight": m.watertight}
             for name, m in self.structures.items()
         }
-        rules = [{key: _finite_or_none(value) for key, value in asdict(r).items()} for r in self.rules]
-        return {
+        return finite_or_none({
             "structures": structures,
-            "rules": rules,
+            "rules": [asdict(r) for r in self.rules],
             "skipped_rules": list(self.skipped_rules),
             "missing": list(self.missing),
             "settings": dict(self.settings),
-            "summary": {key: _finite_or_none(value) for key, value in self.summary().items()},
-        }
+            "summary": self.summary(),
+        })
 
     def rows(self) -> list[dict[str, Any]]:
         """Table rows: one per structure, then one per rule, all with the columns of

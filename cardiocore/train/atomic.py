@@ -57,21 +57,21 @@ def _fsync_directory(folder: Path) -> None:
         os.close(descriptor)
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     """``value`` with every non-finite float (JSON has no NaN or infinity) replaced by None."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
 
 
 def write_json(path: str | os.PathLike, value: Any) -> Path:
     """Write ``value`` as indented JSON atomically; NaN and infinities become null, numpy and
     torch scalars plain numbers."""
-    text = json.dumps(_finite_or_none(value), indent=2, default=float, allow_nan=False)
+    text = json.dumps(finite_or_none(value), indent=2, default=float, allow_nan=False)
     with atomic_write(path) as stream:
         stream.write((text + "\n").encode("utf-8"))
     return Path(path)
