@@ -51,6 +51,10 @@ def test_clinical_comparison_known_values():
     same = clinical_comparison({"EDV_ml": real["EDV_ml"].copy()}, real, ["EDV_ml"])[0]
     assert (same.mean_difference_percent, same.sd_ratio, same.ks_statistic, same.ks_p_value) == (0.0, 1.0, 0.0, 1.0)
     assert same.passes
+    # identical sets: the 95 % interval is centred on 0, +-1.96 sqrt(250/5 + 250/5) ml of a 120 ml mean
+    half = 1.959964 * math.sqrt(100.0) / 120.0 * 100.0
+    assert same.difference_ci_low_percent == pytest.approx(-half, rel=1e-5)
+    assert same.difference_ci_high_percent == pytest.approx(half, rel=1e-5)
     # generated: mean 240 (+100 %), values spread twice as wide, NaN (invalid mesh) left out
     generated = {"EDV_ml": np.array([200.0, 220.0, 240.0, 260.0, 280.0, np.nan])}
     row = clinical_comparison(generated, real, ["EDV_ml"])[0]
@@ -58,6 +62,9 @@ def test_clinical_comparison_known_values():
     assert row.generated_mean == pytest.approx(240.0) and row.real_mean == pytest.approx(120.0)
     assert row.real_sd == pytest.approx(math.sqrt(250.0))  # ddof 1: (400 + 100 + 0 + 100 + 400) / 4
     assert row.mean_difference_percent == pytest.approx(100.0) and row.sd_ratio == pytest.approx(2.0)
+    half = 1.959964 * math.sqrt(1000.0 / 5 + 250.0 / 5) / 120.0 * 100.0  # generated variance 4 x 250
+    assert (row.difference_ci_low_percent, row.difference_ci_high_percent) == (
+        pytest.approx(100.0 - half, rel=1e-5), pytest.approx(100.0 + half, rel=1e-5))
     # disjoint samples of 5 and 5: D = 1 and the exact two-sided p-value is 2 / C(10, 5)
     assert row.ks_statistic == 1.0 and row.ks_p_value == pytest.approx(2.0 / math.comb(10, 5))
     assert not row.passes

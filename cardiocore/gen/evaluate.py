@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from scipy.stats import ks_2samp
+from scipy.stats import ks_2samp, norm
 
 from cardiocore.errors import CardioInputError, MeshError
 from cardiocore.gen.clinical import CLINICAL_COLUMNS, lv_shape_indices, pair_ejection_fraction
@@ -36,6 +36,7 @@ from cardiocore.gen.data import ATLAS_HINT, PHASES, _name_items
 from cardiocore.geometry.sampling import sample_surface
 from cardiocore.metrics.distance import CHAMFER_POINTS
 from cardiocore.metrics.generative import GenerativeMetrics, generative_metrics_per_set
+from cardiocore.train.atomic import finite_or_none
 
 if TYPE_CHECKING:
     from cardiocore.gen.data import ShapeCohort
@@ -181,8 +182,11 @@ def reconstruction_error_mm(model: CardioGenModel, verts: ArrayLike) -> float:
 class ClinicalRow:
     """One clinical index, generated against real (NaN values left out; SDs with ddof = 1).
 
-    ``mean_difference_percent`` = 100 (generated mean - real mean) / |real mean|;
-    ``sd_ratio`` = generated SD / real SD; ``ks_statistic`` and ``ks_p_value`` from
+    ``mean_difference_percent`` = 100 (generated mean - real mean) / |real mean|, and
+    ``difference_ci_low_percent`` .. ``difference_ci_high_percent`` its 95 % interval from the
+    sampling error of both means (Welch: 1.96 sqrt(SD_g^2 / N_g + SD_r^2 / N_r), same scaling): an
+    interval that holds 0 means the two sets' means cannot be told apart at their sizes (with 150
+    real shapes the real mean alone is uncertain by about +-2 % for EDV). ``sd_ratio`` = generated SD / real SD; ``ks_statistic`` and ``ks_p_value`` from
     ``scipy.stats.ks_2samp`` (two-sided). ``passes`` applies :data:`TARGETS` to the mean
     difference and the SD ratio.
     """
@@ -195,6 +199,8 @@ class ClinicalRow:
     real_mean: float
     real_sd: float
     mean_difference_percent: float
+    difference_ci_low_percent: float
+    difference_ci_high_percent: float
     sd_ratio: float
     ks_statistic: float
     ks_p_value: float
@@ -206,8 +212,10 @@ class ClinicalRow:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: non-finite numbers become None; adds ``passes``."""
-        row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
-        return {**row, "passes": self.passes}
+        return {**finite_or_none(asdict(self)), "passes": self.passes}
+
+
+_Z95 = float(norm.ppf(0.975))
 
 
 def _finite(values: ArrayLike) -> np.ndarray:
@@ -243,10 +251,14 @@ def clinical_comparison(
             raise CardioInputError(column, "needs at least one finite generated and one finite real value")
         gen_mean, ref_mean, gen_sd, ref_sd = float(gen.mean()), float(ref.mean()), _sd(gen), _sd(ref)
         test = ks_2samp(gen, ref)
+        scale = 100.0 / abs(ref_mean) if ref_mean else float("nan")
+        half_width = _Z95 * math.sqrt(gen_sd ** 2 / gen.size + ref_sd ** 2 / ref.size)
         rows.append(ClinicalRow(
             index=column, n_generated=int(gen.size), n_real=int(ref.size),
             generated_mean=gen_mean, generated_sd=gen_sd, real_mean=ref_mean, real_sd=ref_sd,
-            mean_difference_percent=100.0 * (gen_mean - ref_mean) / abs(ref_mean) if ref_mean else float("nan"),
+            mean_difference_percent=scale * (gen_mean - ref_mean),
+            difference_ci_low_percent=scale * (gen_mean - ref_mean - half_width),
+            difference_ci_high_percent=scale * (gen_mean - ref_mean + half_width),
             sd_ratio=gen_sd / ref_sd if ref_sd > 0 else float("nan"),
             ks_statistic=float(test.statistic), ks_p_value=float(test.pvalue),
         ))
@@ -623,12 +635,15 @@ def format_report(result: Mapping[str, Any]) -> str:
          for c in result["checks"]],
     )]
     if result.get("clinical"):
-        parts.append("clinical indices, generated vs real (SD: ddof 1; KS: two-sided)")
+        parts.append("clinical indices, generated vs real (SD: ddof 1; diff 95 % CI: Welch, from both sample "
+                     "sizes; KS: two-sided)")
         parts.append(_table(
-            ("index", "n gen", "n real", "mean gen", "mean real", "diff %", "SD gen", "SD real", "SD ratio",
-             "KS D", "KS p", "result"),
+            ("index", "n gen", "n real", "mean gen", "mean real", "diff %", "diff 95 % CI", "SD gen", "SD real",
+             "SD ratio", "KS D", "KS p", "result"),
             [(r["index"], str(r["n_generated"]), str(r["n_real"]), _number(r["generated_mean"]),
-              _number(r["real_mean"]), _number(r["mean_difference_percent"], 3), _number(r["generated_sd"]),
+              _number(r["real_mean"]), _number(r["mean_difference_percent"], 3),
+              f"{_number(r['difference_ci_low_percent'], 3)} .. {_number(r['difference_ci_high_percent'], 3)}",
+              _number(r["generated_sd"]),
               _number(r["real_sd"]), _number(r["sd_ratio"], 3), _number(r["ks_statistic"], 3),
               _number(r["ks_p_value"], 3), verdict[r["passes"]]) for r in result["clinical"]],
         ))
