@@ -184,9 +184,10 @@ class ClinicalRow:
 
     ``mean_difference_percent`` = 100 (generated mean - real mean) / |real mean|, and
     ``difference_ci_low_percent`` .. ``difference_ci_high_percent`` its 95 % interval from the
-    sampling error of both means (Welch: 1.96 sqrt(SD_g^2 / N_g + SD_r^2 / N_r), same scaling): an
-    interval that holds 0 means the two sets' means cannot be told apart at their sizes (with 150
-    real shapes the real mean alone is uncertain by about +-2 % for EDV). ``sd_ratio`` = generated SD / real SD; ``ks_statistic`` and ``ks_p_value`` from
+    sampling error of both means (Welch: 1.96 sqrt(SD_g^2 / N_g + SD_r^2 / N_r), same scaling); an
+    interval that holds 0 means the two means cannot be told apart at these sample sizes (with 150
+    real shapes the standard error of the real mean EDV alone is about 2 %).
+    ``sd_ratio`` = generated SD / real SD; ``ks_statistic`` and ``ks_p_value`` from
     ``scipy.stats.ks_2samp`` (two-sided). ``passes`` applies :data:`TARGETS` to the mean
     difference and the SD ratio.
     """

@@ -22,7 +22,6 @@ def chebyshev_conv(conv: ChebConv, x: torch.Tensor, laplacian: torch.Tensor) -> 
     Terms are kept node-first, (N, B x C) float32 (sparse products in float32 under autocast too),
     so each hop is one fused sparse ``addmm``.
     """
-    batch, n, _ = x.shape
     node_first = x.transpose(0, 1)  # (N, B, C_in) view
     if conv.in_channels <= conv.out_channels:
         out = _chebyshev_on_inputs(conv.lins, node_first, laplacian)
