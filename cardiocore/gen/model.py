@@ -33,7 +33,7 @@ from cardiocore.errors import CardioInputError, WeightsError
 from cardiocore.gen.clinical import lv_shape_indices
 from cardiocore.gen.data import ShapeNormalizer
 from cardiocore.gen.diffusion import PHASE_NAMES, LatentDiffusion
-from cardiocore.gen.vae import DEFAULT_CHUNK, MeshVAE
+from cardiocore.gen.vae import MeshVAE
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.geometry.mesh import region_faces
 from cardiocore.train.device import select_device
@@ -124,12 +124,14 @@ class CardioGenModel(nn.Module):
         """Meshes (B, V, 3) mm -> posterior means (B, D) (on CPU)."""
         return self.vae.encode_shapes(torch.as_tensor(verts))[0].cpu()
 
-    def decode(self, z: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
-        """Latents (B, D) -> meshes (B, V, 3) mm float32 (on CPU).
+    def decode(self, z: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """Latents (B, D) -> meshes (B, V, 3) mm float32 (on CPU), ``chunk_size`` at a time
+        (default: the VAE's :meth:`MeshVAE.default_chunk` for its device).
 
         On CUDA out of memory the chunk of meshes decoded at once is halved (down to 1) with a
         warning; only then does it fail, with advice.
         """
+        chunk_size = chunk_size or self.vae.default_chunk()
         while True:
             try:
                 return self.vae.decode_shapes(torch.as_tensor(z), chunk_size).cpu()
