@@ -22,13 +22,17 @@ def chebyshev_conv(conv: ChebConv, x: torch.Tensor, laplacian: torch.Tensor) -> 
     Terms are kept node-first, (N, B x C) float32 (sparse products in float32 under autocast too),
     so each hop is one fused sparse ``addmm``.
     """
-    node_first = x.transpose(0, 1)  # (N, B, C_in) view
+    return chebyshev_conv_node_first(conv, x.transpose(0, 1), laplacian).transpose(0, 1)
+
+
+def chebyshev_conv_node_first(conv: ChebConv, x: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
+    """:func:`chebyshev_conv` on node-first features (N, B, C_in) -> (N, B, C_out), for networks
+    that keep that layout from layer to layer."""
     if conv.in_channels <= conv.out_channels:
-        out = _chebyshev_on_inputs(conv.lins, node_first, laplacian)
+        out = _chebyshev_on_inputs(conv.lins, x, laplacian)
     else:
-        out = _chebyshev_on_outputs(conv.lins, node_first, laplacian)
-    out = out + conv.bias if conv.bias is not None else out
-    return out.transpose(0, 1)
+        out = _chebyshev_on_outputs(conv.lins, x, laplacian)
+    return out + conv.bias if conv.bias is not None else out
 
 
 def _sparse_hop(laplacian: torch.Tensor, term: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
