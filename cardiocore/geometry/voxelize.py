@@ -8,7 +8,7 @@ import torch
 
 from cardiocore.errors import CardioInputError
 from cardiocore.geometry.mesh import ArrayLike, as_mesh
-from cardiocore.geometry.surface import checked_matrix
+from cardiocore.geometry.grid import checked_matrix
 from cardiocore.geometry.winding import Method, occupancy
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from cardiocore.errors import CardioInputError, VolumeError
-from cardiocore.geometry.surface import checked_matrix
+from cardiocore.geometry.grid import checked_matrix
 from cardiocore.phantoms.heart import LABEL, HeartPhantom
 
 LV_LABELS = (LABEL["LV cavity"], LABEL["LV myocardium"])

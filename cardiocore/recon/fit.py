@@ -45,7 +45,8 @@ from scipy.spatial import cKDTree
 
 from cardiocore.errors import CardioInputError, VolumeError
 from cardiocore.geometry.mesh import face_normals
-from cardiocore.geometry.surface import checked_matrix, surface_from_mask
+from cardiocore.geometry.grid import checked_matrix
+from cardiocore.geometry.surface import surface_from_mask
 from cardiocore.recon.mie import (
     Violations,
     bounding_box,

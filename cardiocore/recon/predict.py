@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cardiocore.errors import CardioInputError, VolumeError, WeightsError
-from cardiocore.geometry.surface import checked_matrix
+from cardiocore.geometry.grid import checked_matrix
 from cardiocore.recon.fit import FitResult
 from cardiocore.recon.predict_net import MeshPredictionNet, PredictNetSpec
 from cardiocore.recon.resolve import resolve_meshes

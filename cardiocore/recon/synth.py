@@ -31,7 +31,8 @@ from monai.transforms import RandAdjustContrast, RandBiasField, RandGaussianNois
 from monai.utils import convert_to_tensor
 
 from cardiocore.errors import CardioInputError, VolumeError
-from cardiocore.geometry.surface import checked_matrix, surface_from_mask
+from cardiocore.geometry.grid import checked_matrix
+from cardiocore.geometry.surface import surface_from_mask
 from cardiocore.recon.rules import RuleSet, resolve_rule_set
 from cardiocore.recon.template import crop_and_stride, read_label_map
 
