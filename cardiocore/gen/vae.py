@@ -27,7 +27,7 @@ from torch_geometric.nn import ChebConv
 from cardiocore.errors import CardioInputError
 from cardiocore.gen.data import ShapeNormalizer
 from cardiocore.geometry.hierarchy import MeshHierarchy
-from cardiocore.nets.graph import chebyshev_conv, chebyshev_conv_node_first, scaled_laplacian
+from cardiocore.nets.graph import chebyshev_conv_node_first, scaled_laplacian
 
 CUDA_CHUNK = 256
 """Shapes per forward pass of the millimetre-level helpers on a GPU (bounds memory for large batches)."""
@@ -41,11 +41,11 @@ memory-bound there: decoding 1,000 CardioGen meshes on one thread took 0.32 s in
 class HierarchyPooling(nn.Module):
     """A mesh hierarchy's graphs and pooling operators as module buffers (they follow ``.to``).
 
+    Both work on node-first (n, B, C) features, the layout the VAE keeps from level to level.
     ``down(x, l)`` keeps the level-``l`` vertices that survive decimation (the rows of
-    ``hierarchy.down[l]``), a gather on batch-first (B, n_l, C) features. ``up(x, l)`` gives
-    every level-``l`` vertex the barycentric mix of its closest coarse triangle (the rows of
-    ``hierarchy.up[l]``) on node-first (n_{l+1}, B, C) features, the decoder's layout, as one
-    sparse product in float32 (cast back to the input's dtype under autocast).
+    ``hierarchy.down[l]``), a gather. ``up(x, l)`` gives every level-``l`` vertex the barycentric
+    mix of its closest coarse triangle (the rows of ``hierarchy.up[l]``), one sparse product in
+    float32 (cast back to the input's dtype under autocast).
     """
 
     def __init__(self, hierarchy: MeshHierarchy) -> None:
@@ -64,8 +64,8 @@ class HierarchyPooling(nn.Module):
         return getattr(self, f"edge_index_{level}")
 
     def down(self, x: torch.Tensor, level: int) -> torch.Tensor:
-        """(B, n_l, C) -> (B, n_{l+1}, C)."""
-        return x.index_select(-2, getattr(self, f"down_index_{level}"))
+        """Node-first (n_l, B, C) -> (n_{l+1}, B, C)."""
+        return x.index_select(0, getattr(self, f"down_index_{level}"))
 
     def up(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """Node-first (n_{l+1}, B, C) -> (n_l, B, C)."""
@@ -190,10 +190,11 @@ class MeshVAE(nn.Module):
         A single shape (V, 3) gives (latent_dim,) outputs.
         """
         h, batched = self._batched(x, "shapes to encode")
+        h = h.transpose(0, 1)  # node-first (n, B, C) through the encoder, as in the decoder
         for level, conv in enumerate(self.encoder_convs):
-            h = self.activation(chebyshev_conv(conv, h, self._laplacian("encoder", level)))
+            h = self.activation(chebyshev_conv_node_first(conv, h, self._laplacian("encoder", level)))
             h = self.pooling.down(h, level)
-        h = h.flatten(start_dim=1)
+        h = h.transpose(0, 1).flatten(start_dim=1)
         mu, logvar = self.to_mu(h), self.to_logvar(h)
         return (mu, logvar) if batched else (mu[0], logvar[0])
 
@@ -204,7 +205,7 @@ class MeshVAE(nn.Module):
             raise CardioInputError("latent codes", f"must have shape {expected}, got {tuple(z.shape)}")
         batched = z.dim() == 2
         h = self.from_latent(z if batched else z.unsqueeze(0)).unflatten(-1, self.coarse_shape)
-        h = h.transpose(0, 1)  # node-first (n, B, C) through the decoder: no transposes per level
+        h = h.transpose(0, 1)  # node-first (n, B, C) through the decoder
         for level in reversed(range(len(self.decoder_convs))):
             h = self.pooling.up(h, level)
             h = chebyshev_conv_node_first(self.decoder_convs[level], h, self._laplacian("decoder", level))
