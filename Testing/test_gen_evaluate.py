@@ -21,6 +21,7 @@ from cardiocore.gen.data import ShapeCohort
 from cardiocore.gen.evaluate import (
     EVALUATED_INDICES,
     clinical_comparison,
+    cohort_clinical_values,
     evaluate_generated,
     evaluate_model,
     format_report,
@@ -105,6 +106,18 @@ def test_evaluate_generated_topology_mismatch_names_the_files(draws):
         evaluate_generated(first.verts[:2], first.verts[2:4], first.faces, reference_faces=first.faces.flip(1))
 
 
+def test_cohort_clinical_values_match_the_phantoms_known_volumes():
+    cohort = phantom_cohort(4, seed=5)  # synthetic phantoms whose cavity volumes are known
+    values = cohort_clinical_values(cohort, cohort.faces)
+    truth = np.asarray(cohort.clinical["cavity_ml"], dtype=np.float64)
+    edv, esv = truth[0::2], truth[1::2]  # items alternate ED, ES per subject
+    assert values["EDV_ml"] == pytest.approx(edv, rel=0.03) and values["ESV_ml"] == pytest.approx(esv, rel=0.03)
+    assert values["EF_percent"] == pytest.approx(100.0 * (1.0 - values["ESV_ml"] / values["EDV_ml"]))
+    assert values["myocardial_mass_g"].shape == (4,) and bool((values["myocardial_mass_g"] > 0).all())
+    only_ed = cohort_clinical_values(cohort.phase("ED"), cohort.faces)
+    assert sorted(only_ed) == ["EDV_ml", "myocardial_mass_g"]  # no ES item: no ESV, no EF
+
+
 # ---------------------------------------------------------------------- plots
 def test_plots_write_pngs_and_refuse_to_overwrite(draws, tmp_path):
     first, second = draws
@@ -139,11 +152,26 @@ def test_evaluate_model_end_to_end(tiny, tmp_path):
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in tmp_path.iterdir())
     json.dumps(result, allow_nan=False)
     assert "within +-10 %" in format_report(result) and lines
+    assert result["clinical_vs_training"] == result["split_shift"] == []  # no training cohort given
+    training = phantom_cohort(4, seed=11)
+    diagnosed = evaluate_model(model, test, n_generated=3, steps=10, training_cohort=training)
+    train_values = cohort_clinical_values(training, training.faces)
+    by_index = {row["index"]: row for row in diagnosed["clinical"]}
+    for versus_training, shift in zip(diagnosed["clinical_vs_training"], diagnosed["split_shift"]):
+        index = versus_training["index"]
+        assert versus_training["real_mean"] == shift["real_mean"] == pytest.approx(train_values[index].mean())
+        assert versus_training["generated_mean"] == pytest.approx(by_index[index]["generated_mean"])
+        assert shift["generated_mean"] == pytest.approx(by_index[index]["real_mean"])  # the test split's mean
+    assert [row["index"] for row in diagnosed["split_shift"]] == list(EVALUATED_INDICES)
+    assert "test vs train %" in format_report(diagnosed)
     with pytest.raises(CardioInputError, match="already exist"):  # checked before any sampling
         evaluate_model(model, test, plots_dir=tmp_path)
     coarse = lv_cohort(1, seed=3, n_circumferential=12, n_longitudinal=8)[0][0]
+    coarse_cohort = ShapeCohort.from_meshes([(coarse.verts, coarse.faces)], phases=["ED"])
     with pytest.raises(MeshError, match="template"):
-        evaluate_model(model, ShapeCohort.from_meshes([(coarse.verts, coarse.faces)], phases=["ED"]))
+        evaluate_model(model, coarse_cohort)
+    with pytest.raises(MeshError, match="training cohort.*template"):
+        evaluate_model(model, test, n_generated=3, steps=10, training_cohort=coarse_cohort)
 
 
 def test_bench_rows_have_the_schema_and_targets(tiny):

@@ -176,10 +176,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         model = load_model(args.model, args.device)
         split = model.card.get("split", {})
         cohort = load_cohort(args.data)
-        test = split_by_subject(cohort, split.get("fractions", [0.8, 0.1, 0.1]), seed=split.get("seed", 0))[-1]
+        parts = split_by_subject(cohort, split.get("fractions", [0.8, 0.1, 0.1]), seed=split.get("seed", 0))
         result = evaluate_model(
-            model, test, n_generated=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler,
-            plots_dir=out, overwrite=args.overwrite, progress=print,
+            model, parts[-1], training_cohort=parts[0], n_generated=args.n, seed=args.seed, steps=args.steps,
+            sampler=args.sampler, plots_dir=out, overwrite=args.overwrite, progress=print,
         )
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", result)

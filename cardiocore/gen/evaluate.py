@@ -398,11 +398,11 @@ def evaluate_generated(
 
 
 # ---------------------------------------------------------------------- the model's evaluation
-def _check_cohort_matches(model: CardioGenModel, cohort: ShapeCohort) -> None:
+def _check_cohort_matches(model: CardioGenModel, cohort: ShapeCohort, what: str = "test cohort") -> None:
     same_faces = torch.equal(cohort.faces, torch.as_tensor(model.faces).long().cpu())
     if cohort.n_vertices != model.n_vertices or not same_faces:
         raise MeshError(
-            "test cohort",
+            what,
             f"has {cohort.n_vertices} vertices and {cohort.faces.shape[0]} faces, the model's template "
             f"{model.n_vertices} and {torch.as_tensor(model.faces).shape[0]}",
             ATLAS_HINT,
@@ -417,6 +417,24 @@ def _real_ejection_fraction(cohort: ShapeCohort, cavity_ml: np.ndarray) -> np.nd
     paired = [s for s in by_phase["ED"] if s in by_phase["ES"]]
     return pair_ejection_fraction(np.array([by_phase["ED"][s] for s in paired]),
                                   np.array([by_phase["ES"][s] for s in paired]))
+
+
+def cohort_clinical_values(cohort: ShapeCohort, faces: ArrayLike) -> dict[str, np.ndarray]:
+    """The evaluated clinical indices of real shapes: ``EDV_ml`` and ``myocardial_mass_g`` of the
+    ED items, ``ESV_ml`` of the ES items, ``EF_percent`` of the subjects with both (each (N,),
+    ml, g or %); a phase the cohort lacks leaves its indices out."""
+    indices = lv_shape_indices(cohort.verts, torch.as_tensor(faces).long().cpu(), cohort.regions)
+    phases = np.asarray(cohort.phases)
+    values: dict[str, np.ndarray] = {}
+    if (phases == "ED").any():
+        values["EDV_ml"] = indices["cavity_ml"][phases == "ED"]
+        values["myocardial_mass_g"] = indices["myocardial_mass_g"][phases == "ED"]
+    if (phases == "ES").any():
+        values["ESV_ml"] = indices["cavity_ml"][phases == "ES"]
+    ejection_fraction = _real_ejection_fraction(cohort, indices["cavity_ml"])
+    if ejection_fraction.size:
+        values["EF_percent"] = ejection_fraction
+    return values
 
 
 def _generated_ejection_fraction(
@@ -462,6 +480,7 @@ def evaluate_model(
     plots_dir: str | Path | None = None,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    training_cohort: ShapeCohort | None = None,
 ) -> dict[str, Any]:
     """The issue's evaluation of a model on a held-out cohort, each figure beside its target.
 
@@ -489,16 +508,25 @@ def evaluate_model(
             a grid of generated ED and ES shapes); None: no plots.
         overwrite: replace plot files already in ``plots_dir``.
         progress: called with a line of text before each stage.
+        training_cohort: the split the model was trained on (optional). Its clinical means are a
+            diagnostic with no target: ``clinical_vs_training`` compares the generated indices
+            with them (does the model reproduce what it learned?) and ``split_shift`` the test
+            split's own indices (how far the held-out split lies from the training split by
+            sampling alone; a model that copied its training distribution exactly would miss the
+            test means by about this much).
 
     Returns:
         JSON-ready dict: ``settings``, ``generative`` {phase: {n, one_nna_percent,
         coverage_percent, mmd_mm}}, ``reconstruction_error_mm`` {"all", "ED", "ES"},
-        ``clinical`` [row dicts of :class:`ClinicalRow`], ``n_invalid_generated``,
+        ``clinical`` [row dicts of :class:`ClinicalRow`], ``clinical_vs_training`` and
+        ``split_shift`` (row dicts; empty without ``training_cohort``), ``n_invalid_generated``,
         ``conditional`` (None without a conditional model), ``checks`` [{figure, value, unit,
         target, passes}], ``plots`` [paths written]. :func:`format_report` prints it.
     """
     say = progress or (lambda line: None)
     _check_cohort_matches(model, test_cohort)
+    if training_cohort is not None:
+        _check_cohort_matches(model, training_cohort, "training cohort")
     plot_paths = _plot_paths(plots_dir, overwrite)
     steps = None if sampler == "ddpm" else steps  # the ancestral sampler always runs the whole chain
     if n_generated is not None and int(n_generated) < 2:
@@ -512,7 +540,8 @@ def evaluate_model(
     result: dict[str, Any] = {
         "settings": {"seed": seed, "steps": steps, "sampler": sampler, "n_test_shapes": len(test_cohort),
                      "model": dict(model.card).get("name")},
-        "generative": {}, "reconstruction_error_mm": {}, "clinical": [], "n_invalid_generated": 0,
+        "generative": {}, "reconstruction_error_mm": {}, "clinical": [], "clinical_vs_training": [],
+        "split_shift": [], "n_invalid_generated": 0,
         "conditional": None, "checks": [], "plots": [],
     }
     generated_shapes: dict[str, torch.Tensor] = {}
@@ -520,8 +549,7 @@ def evaluate_model(
     say(f"reconstruction error of {len(test_cohort)} test shapes ...")
     result["reconstruction_error_mm"]["all"] = reconstruction_error_mm(model, test_cohort.verts)
     generated_values: dict[str, np.ndarray] = {}
-    real_values: dict[str, np.ndarray] = {}
-    real_indices = lv_shape_indices(test_cohort.verts, faces, test_cohort.regions)
+    real_values = cohort_clinical_values(test_cohort, faces)
     for offset, phase in enumerate(phases):
         real = test_cohort.phase(phase)
         result["reconstruction_error_mm"][phase] = reconstruction_error_mm(model, real.verts)
@@ -537,25 +565,28 @@ def evaluate_model(
         result["checks"] += _generative_checks(phase, entry)
         values, invalid = shape_indices_or_nan(samples, faces, regions)
         result["n_invalid_generated"] += invalid
-        is_phase = np.array([p == phase for p in test_cohort.phases])
-        volume = "EDV_ml" if phase == "ED" else "ESV_ml"
-        generated_values[volume], real_values[volume] = values["cavity_ml"], real_indices["cavity_ml"][is_phase]
+        generated_values["EDV_ml" if phase == "ED" else "ESV_ml"] = values["cavity_ml"]
         if phase == "ED":
             generated_values["myocardial_mass_g"] = values["myocardial_mass_g"]
-            real_values["myocardial_mass_g"] = real_indices["myocardial_mass_g"][is_phase]
     result["checks"].append(_check("reconstruction error", result["reconstruction_error_mm"]["all"], "mm",
                                    "mean per-vertex distance (lower is better)", None))
 
-    real_ef = _real_ejection_fraction(test_cohort, real_indices["cavity_ml"])
-    if "conditional" in model.diffusion and real_ef.size >= 2:  # virtual subjects need the conditional model
-        n_pairs = real_ef.size if n_generated is None else int(n_generated)
+    n_real_pairs = real_values.get("EF_percent", np.empty(0)).size
+    if "conditional" in model.diffusion and n_real_pairs >= 2:  # virtual subjects need the conditional model
+        n_pairs = n_real_pairs if n_generated is None else int(n_generated)
         say(f"EF: sampling {n_pairs} virtual subjects (ED + ES) ...")
         generated_values["EF_percent"] = _generated_ejection_fraction(model, n_pairs, seed + 2, steps, sampler)
-        real_values["EF_percent"] = real_ef
-    columns = [c for c in EVALUATED_INDICES if c in generated_values]
+    columns = [c for c in EVALUATED_INDICES if c in generated_values and c in real_values]
     rows = clinical_comparison(generated_values, real_values, columns)
     result["clinical"] = [row.as_dict() for row in rows]
     result["checks"] += _clinical_checks(rows)
+    if training_cohort is not None:
+        say(f"clinical indices of the {len(training_cohort)} training shapes (diagnostic) ...")
+        training_values = cohort_clinical_values(training_cohort, faces)
+        shared = [c for c in columns if c in training_values]
+        result["clinical_vs_training"] = [
+            row.as_dict() for row in clinical_comparison(generated_values, training_values, shared)]
+        result["split_shift"] = [row.as_dict() for row in clinical_comparison(real_values, training_values, shared)]
 
     if "conditional" in model.diffusion and "EDV_ml" in real_values:
         ed_real = real_values["EDV_ml"]
@@ -647,6 +678,19 @@ def format_report(result: Mapping[str, Any]) -> str:
               _number(r["generated_sd"]),
               _number(r["real_sd"]), _number(r["sd_ratio"], 3), _number(r["ks_statistic"], 3),
               _number(r["ks_p_value"], 3), verdict[r["passes"]]) for r in result["clinical"]],
+        ))
+    if result.get("clinical_vs_training"):
+        parts.append("diagnostic, no target: means against the training split (the held-out split's own shift "
+                     "from it is what a model that copied its training distribution would miss by)")
+        shift = {r["index"]: r for r in result.get("split_shift", [])}
+        parts.append(_table(
+            ("index", "mean train", "mean test", "test vs train %", "mean gen", "gen vs train %",
+             "gen vs train 95 % CI"),
+            [(r["index"], _number(r["real_mean"]), _number(shift[r["index"]]["generated_mean"]),
+              _number(shift[r["index"]]["mean_difference_percent"], 3), _number(r["generated_mean"]),
+              _number(r["mean_difference_percent"], 3),
+              f"{_number(r['difference_ci_low_percent'], 3)} .. {_number(r['difference_ci_high_percent'], 3)}")
+             for r in result["clinical_vs_training"]],
         ))
     if result.get("n_invalid_generated"):
         parts.append(f"{result['n_invalid_generated']} generated meshes had no computable clinical indices "
