@@ -188,7 +188,14 @@ def test_bench_rows_have_the_schema_and_targets(tiny):
     assert rows[0]["ratio"] == 1.0 and rows[0]["target_s"] is None  # no target below 1,000 meshes
     assert rows[0]["speedup_vs_ddpm"] == pytest.approx(rows[2]["median_s"] / rows[0]["median_s"])
     assert rows[1]["one_nna_gap_pts"] == pytest.approx(rows[1]["one_nna_percent"] - rows[2]["one_nna_percent"])
+    assert rows[1]["one_nna_gap_se_pts"] == pytest.approx(math.hypot(rows[1]["one_nna_se_pts"], rows[2]["one_nna_se_pts"]))
     assert isinstance(rows[0]["meets_targets"], bool) and rows[2]["meets_targets"] is None
     assert rows[3]["one_nna_percent"] is None and rows[3]["speedup_vs_ddpm"] is None
     text = format_gen_rows(rows)
     assert "one_nna_percent" in text and "targets:" in text
+    every = run_gen_benchmarks(model, test.phase("ED").verts, n=14, device="cpu", quick=True, steps=10,
+                               progress=lambda line: None)
+    capped = run_gen_benchmarks(model, test.phase("ED").verts, n=14, device="cpu", quick=True, steps=10,
+                                nna_sets=1, progress=lambda line: None)
+    assert every[0]["nna_sets"] == 4 and capped[0]["nna_sets"] == 1  # 14 meshes hold four sets of 3
+    assert capped[1]["one_nna_se_pts"] is None and capped[1]["one_nna_gap_se_pts"] is None
