@@ -12,8 +12,8 @@ on disjoint sets of ``m`` of the meshes it generated (by default every set the `
 hold: 6 of 150 at 1,000 meshes), each against the same ``m`` reference meshes (``m`` = the
 smaller of ``n``, the reference set and ``nna_size``;
 :func:`cardiocore.gen.evaluate.generative_scores_per_set`), and averaged: with 150 references
-one set's 1-NNA has a standard deviation of about 4.5 points from one draw of samples to the
-next (CAP ED test split, bundled model), more than the 2-point gap the target allows.
+one set's 1-NNA has a standard deviation of 2 to 5 points from one draw of samples to the next
+(CAP ED test split, bundled model), as large as the 2-point gap the target allows.
 ``one_nna_se_pts`` is the standard error of that mean over the generated sets (the reference set
 is shared, so samplers are compared on the same references) and ``one_nna_gap_se_pts`` that of a
 fast sampler's gap to DDPM (the two standard errors combined as if independent).
