@@ -102,11 +102,12 @@ def run_gen_benchmarks(
         Rows in the schema of :mod:`cardiocore.bench.measure`: the fast samplers (the first is
         ``ratio`` 1.0), the DDPM sampler, then "VAE decode only". Extra keys: ``sampler``,
         ``steps``, ``threads``, ``one_nna_percent``, ``coverage_percent``, ``mmd_mm`` (means over
-        the sets), ``one_nna_se_pts``, ``nna_set`` (meshes per set), ``nna_sets``, and on the fast rows ``speedup_vs_ddpm``,
-        ``chain_speedup_vs_ddpm`` (the same with the decode-only time taken off both, i.e. the
-        latent chains' ratio; None when the difference is not positive), ``one_nna_gap_pts``
-        (this 1-NNA minus DDPM's, points), ``one_nna_gap_se_pts`` and ``meets_targets`` (speed-up, 1-NNA gap and, at
-        1,000 meshes, time; None when a figure is missing).
+        the sets), ``one_nna_se_pts``, ``nna_set`` (meshes per set), ``nna_sets``, and on the
+        fast rows ``speedup_vs_ddpm``, ``chain_speedup_vs_ddpm`` (the same with the decode-only
+        time taken off both, i.e. the latent chains' ratio; None when the difference is not
+        positive), ``one_nna_gap_pts`` (this 1-NNA minus DDPM's, points), ``one_nna_gap_se_pts``
+        and ``meets_targets`` (speed-up, 1-NNA gap and, at 1,000 meshes, time; None when a figure
+        is missing).
     """
     step_counts = [int(s) for s in ([steps] if isinstance(steps, int) else steps)]
     if quick:
