@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+
+pytest.importorskip("slicer", reason="the headless MRML tests need slicer-core (pip install .[headless])")
+
+from conftest import REPO_ROOT  # noqa: E402
 from module_checks import import_module_file_headless
 
 from cardiocore.errors import CardioInputError, MeshError

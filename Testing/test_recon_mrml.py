@@ -16,7 +16,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+
+pytest.importorskip("slicer", reason="the headless MRML tests need slicer-core (pip install .[headless])")
+
+from conftest import REPO_ROOT  # noqa: E402
 from module_checks import import_module_file_headless
 
 from cardiocore.cli import main as cardio
