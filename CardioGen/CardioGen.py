@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from cardiocore.errors import CardioInputError
+from cardiocore.gen.samplers import DEFAULT_FAST_STEPS
 from cardiocore.mrml.scripted import (
     IN_SLICER,
     ScriptedLoadableModule,
@@ -50,7 +51,7 @@ if IN_SLICER:
         efMax: Annotated[float, WithinRange(5.0, 90.0)] = 65.0
         count: Annotated[int, WithinRange(1, 5000)] = 10
         seed: Annotated[int, WithinRange(0, 2_000_000_000)] = 0
-        steps: Annotated[int, WithinRange(1, 1000)] = 50
+        steps: Annotated[int, WithinRange(1, 1000)] = DEFAULT_FAST_STEPS
         interpolateFrom: vtkMRMLModelNode
         interpolateTo: vtkMRMLModelNode
         frames: Annotated[int, WithinRange(2, 500)] = 10
@@ -263,7 +264,7 @@ class CardioGenLogic(ScriptedLoadableModuleLogic):
         return self._models[key]
 
     def generate(
-        self, model: Any, count: int, phase: str | None, *, seed: int = 0, steps: int = 50,
+        self, model: Any, count: int, phase: str | None, *, seed: int = 0, steps: int = DEFAULT_FAST_STEPS,
         conditions: Mapping[str, Any] | None = None,
     ) -> Any:
         """``count`` meshes in a new folder, their table and plot (see ``generate_to_scene``)."""

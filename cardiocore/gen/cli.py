@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cardiocore.errors import CardioInputError
+from cardiocore.gen.samplers import DEFAULT_FAST_STEPS, DEFAULT_SAMPLER, SAMPLERS
 
 MESH_FORMATS = ("vtk", "vtp", "ply", "stl", "obj")
 
@@ -215,9 +216,10 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, mps")
 
 
-def _sampling_options(parser: argparse.ArgumentParser, steps: int = 50) -> None:
-    parser.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps}; ddpm uses all)")
-    parser.add_argument("--sampler", choices=("ddim", "plms", "ddpm"), default="ddim", help="default ddim")
+def _sampling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=DEFAULT_FAST_STEPS,
+                        help=f"sampling steps (default {DEFAULT_FAST_STEPS}; ddpm uses all)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=f"default {DEFAULT_SAMPLER}")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -273,7 +275,8 @@ def add_gen_commands(commands: Any) -> None:
     evaluate.add_argument("--data", help="cohort the model was trained on (its held-out test split is used)")
     evaluate.add_argument("--generated", help="folder of generated meshes (instead of a model)")
     evaluate.add_argument("--reference", help="folder of real meshes to compare --generated with")
-    evaluate.add_argument("--n", type=int, help="generated meshes per phase (default: the test set size); on a CPU each mesh costs ~0.1 s of clinical indices")
+    evaluate.add_argument("--n", type=int, help="generated meshes per phase (default: the test set size); "
+                                                "on a CPU each mesh costs ~0.1 s of clinical indices")
     evaluate.add_argument("--out", required=True, help="folder for metrics.json and the PNG plots")
     evaluate.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     _sampling_options(evaluate)

@@ -34,10 +34,9 @@ from torch.utils.data import Dataset
 
 from cardiocore.errors import CardioInputError
 from cardiocore.gen.denoiser import LatentDenoiser
+from cardiocore.gen.samplers import DEFAULT_FAST_STEPS, DEFAULT_SAMPLER, SAMPLERS
 
 PHASE_NAMES = ("ED", "ES")
-SAMPLERS = ("ddim", "plms", "ddpm")
-DEFAULT_FAST_STEPS = 50
 
 PhaseInput = int | str | Sequence[int] | torch.Tensor | None
 ConditionInput = Sequence[float] | torch.Tensor | None
@@ -206,7 +205,7 @@ class LatentDiffusion(nn.Module):
         self,
         n: int,
         steps: int | None = None,
-        sampler: str = "ddim",
+        sampler: str = DEFAULT_SAMPLER,
         phase: PhaseInput = None,
         conditions: ConditionInput = None,
         guidance_scale: float = 1.0,
@@ -215,11 +214,11 @@ class LatentDiffusion(nn.Module):
     ) -> torch.Tensor:
         """Draw ``n`` latents (n, D) in the training frame, on the module's device.
 
-        sampler: "ddim" (MONAI's DDIM over ``steps`` evenly spaced steps, default 50; ``eta`` 0
-            is deterministic given the initial noise, 1 is ancestral), "plms" (MONAI's PNDM
-            pseudo linear multi-step solver, ``steps`` + 1 network calls, default 50; more
-            accurate than DDIM at the same steps) or "ddpm" (MeshLDM's ancestral sampler over
-            every one of the ``num_train_timesteps`` steps).
+        sampler: "plms" (the default: MONAI's PNDM pseudo linear multi-step solver, ``steps``
+            + 1 network calls; more accurate than DDIM at the same steps), "ddim" (MONAI's DDIM
+            over ``steps`` evenly spaced steps; ``eta`` 0 is deterministic given the initial
+            noise, 1 is ancestral) or "ddpm" (MeshLDM's ancestral sampler over every one of the
+            ``num_train_timesteps`` steps). ``steps`` None: :data:`cardiocore.gen.samplers.DEFAULT_FAST_STEPS`.
         phase: "ED"/"ES", a label (0 = ED, 1 = ES), (n,) labels or None (any phase).
         conditions: (C,) targets for all samples or (n, C), in their own units; NaN or None =
             not requested.

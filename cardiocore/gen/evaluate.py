@@ -33,6 +33,7 @@ from scipy.stats import ks_2samp, norm
 from cardiocore.errors import CardioInputError, MeshError
 from cardiocore.gen.clinical import CLINICAL_COLUMNS, lv_shape_indices, pair_ejection_fraction
 from cardiocore.gen.data import ATLAS_HINT, PHASES, _name_items
+from cardiocore.gen.samplers import DEFAULT_FAST_STEPS, DEFAULT_SAMPLER
 from cardiocore.geometry.sampling import sample_surface
 from cardiocore.metrics.distance import CHAMFER_POINTS
 from cardiocore.metrics.generative import GenerativeMetrics, generative_metrics_per_set
@@ -475,8 +476,8 @@ def evaluate_model(
     *,
     n_generated: int | None = None,
     seed: int = 0,
-    steps: int = 50,
-    sampler: str = "ddim",
+    steps: int | None = None,
+    sampler: str = DEFAULT_SAMPLER,
     plots_dir: str | Path | None = None,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
@@ -502,7 +503,8 @@ def evaluate_model(
         n_generated: generated shapes per set (None: the matching real set's size).
         seed: seeds sampling (ED: seed, ES: seed + 1, pairs: seed + 2, conditional: seed + 3 + k)
             and the surface points of the metrics.
-        steps, sampler: the sampler ("ddim", "plms" or "ddpm") and its steps.
+        steps, sampler: the sampler ("plms", "ddim" or "ddpm") and its steps (None: the
+            fast samplers' default, :data:`cardiocore.gen.samplers.DEFAULT_FAST_STEPS`).
         plots_dir: a folder for the PNG plots (``clinical_histograms.png``,
             ``interpolation.png``: the test ED shapes of smallest and largest EDV, ``samples.png``:
             a grid of generated ED and ES shapes); None: no plots.
@@ -528,7 +530,10 @@ def evaluate_model(
     if training_cohort is not None:
         _check_cohort_matches(model, training_cohort, "training cohort")
     plot_paths = _plot_paths(plots_dir, overwrite)
-    steps = None if sampler == "ddpm" else steps  # the ancestral sampler always runs the whole chain
+    if sampler == "ddpm":
+        steps = None  # the ancestral sampler always runs the whole chain
+    elif steps is None:
+        steps = DEFAULT_FAST_STEPS
     if n_generated is not None and int(n_generated) < 2:
         raise CardioInputError("n_generated", f"must be at least 2 shapes per set, got {n_generated}")
     faces = torch.as_tensor(model.faces).long().cpu()

@@ -33,6 +33,7 @@ from cardiocore.errors import CardioInputError, WeightsError
 from cardiocore.gen.clinical import lv_shape_indices
 from cardiocore.gen.data import ShapeNormalizer
 from cardiocore.gen.diffusion import PHASE_NAMES, LatentDiffusion
+from cardiocore.gen.samplers import DEFAULT_SAMPLER
 from cardiocore.gen.vae import MeshVAE
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.geometry.mesh import region_faces
@@ -175,8 +176,8 @@ class CardioGenModel(nn.Module):
         phase: str | None = "ED",
         *,
         seed: int = 0,
-        steps: int | None = 50,
-        sampler: str = "ddim",
+        steps: int | None = None,
+        sampler: str = DEFAULT_SAMPLER,
         conditions: Mapping[str, Any] | None = None,
         guidance_scale: float = 1.0,
         model: str | None = None,
@@ -212,7 +213,7 @@ class CardioGenModel(nn.Module):
         return self.decode(latents)
 
     def sample_pairs(
-        self, n: int, *, seed: int = 0, steps: int | None = 50, sampler: str = "ddim"
+        self, n: int, *, seed: int = 0, steps: int | None = None, sampler: str = DEFAULT_SAMPLER
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` virtual subjects: ED meshes (n, V, 3) and ES meshes (n, V, 3), mm.
 

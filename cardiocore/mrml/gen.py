@@ -37,6 +37,7 @@ from cardiocore.gen.clinical import CLINICAL_COLUMNS
 from cardiocore.gen.data import ATLAS_HINT, PHASES
 from cardiocore.gen.evaluate import evaluate_generated, shape_indices_or_nan
 from cardiocore.gen.model import CONDITION_NAMES, CardioGenModel
+from cardiocore.gen.samplers import DEFAULT_FAST_STEPS
 from cardiocore.mrml.app import running_inside_slicer, slicer_app
 from cardiocore.mrml.mesh_folders import (
     REGION_ARRAY,
@@ -97,7 +98,7 @@ def generate_to_scene(
     phase: str | None,
     *,
     seed: int = 0,
-    steps: int = 50,
+    steps: int = DEFAULT_FAST_STEPS,
     conditions: Mapping[str, Target] | None = None,
     guidance_scale: float = 1.0,
     folder_name: str | None = None,
@@ -109,7 +110,7 @@ def generate_to_scene(
         n: number of meshes.
         phase: "ED", "ES", or None (any phase; conditional model only).
         seed: random seed; the same seed and settings give the same meshes.
-        steps: DDIM sampling steps.
+        steps: steps of the default sampler (PLMS, :mod:`cardiocore.gen.samplers`).
         conditions: clinical targets by name in :data:`~cardiocore.gen.model.CONDITION_NAMES`
             (``EDV_ml`` in ml, ``EF_percent`` in %): a value, or a (low, high) range from which
             each mesh gets its own target, drawn uniformly with ``seed``. Any target uses the
