@@ -73,3 +73,25 @@ def test_compute_layer_imports_where_slicer_and_vtk_cannot() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.strip().splitlines()[-1]) >= 10
+
+
+def test_predict_benchmark_loads_its_model_where_slicer_and_vtk_cannot(tmp_path: Path) -> None:
+    """``cardio bench recon --predict-only`` is a compute-layer command that a GPU server with only
+    the compute packages must run; it once stopped at ``import slicer`` while loading the model.
+    A missing model file takes the same path to the model loader and ends at its clear error in
+    seconds (the benchmark's own modules are imported by the test above)."""
+    missing = tmp_path / "missing.pt"
+    script = BLOCKER.split("import cardiocore")[0] + (
+        "from cardiocore.cli import main\n"
+        "sys.exit(main(['bench', 'recon', '--predict-only', '--quick', '--device', 'cpu',"
+        f" '--model', {str(missing)!r}]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script.format(forbidden=set(FORBIDDEN))],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert "blocked for the layering test" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode != 0 and str(missing) in result.stderr + result.stdout

@@ -29,7 +29,6 @@ from cardiocore.mrml.recon import (
     ReconstructionCancelled,
     centre_from_markups,
     guess_mapping,
-    load_predictor,
     model_problem,
     reconstruct_from_labelmap,
     reconstruct_from_segmentation,
@@ -39,6 +38,7 @@ from cardiocore.mrml.recon import (
 from cardiocore.mrml.storage import write_node
 from cardiocore.mrml.tables import table_to_columns
 from cardiocore.mrml.volumes import array_to_volume
+from cardiocore.recon.predict import load_predictor
 from cardiocore.recon.template import HeartTemplate
 
 MODULE = import_module_file_headless(REPO_ROOT / "CardioReconstruct" / "CardioReconstruct.py")

@@ -49,11 +49,10 @@ from cardiocore.mrml.tables import columns_to_table
 from cardiocore.mrml.volumes import describe_node, volume_to_array
 from cardiocore.recon.evaluate import SVR_POINTS, VR_POINTS, ReconMetrics, evaluate_meshes
 from cardiocore.recon.fit import FitResult, FitWeights, fit_template
-from cardiocore.recon.predict import BUNDLED_PREDICTOR, MeshPredictor, predict_meshes
+from cardiocore.recon.predict import BUNDLED_PREDICTOR, MeshPredictor, load_predictor, predict_meshes
 from cardiocore.recon.rules import RuleSet, guess_structure, resolve_rule_set
 from cardiocore.recon.template import HeartTemplate, load_template
 from cardiocore.train.atomic import write_json
-from cardiocore.train.device import select_device
 
 ProgressFn = Callable[[float, str], None]
 """``progress(fraction in [0, 1], message)``."""
@@ -452,20 +451,6 @@ def measure_quality(
 
 
 # ---------------------------------------------------------------------------- predict mode
-def load_predictor(model_path: str | os.PathLike | None = None, device: str | torch.device = "auto") -> MeshPredictor:
-    """The Predict-mode network of ``model_path`` (a file written by ``cardio recon train``), or
-    the bundled one (:data:`cardiocore.recon.predict.BUNDLED_PREDICTOR`) when None, in eval mode
-    on ``device`` ("auto": CUDA when available).
-
-    Raises:
-        WeightsError: missing, unreadable or incompatible weights (the bundled model is not
-            installed, the file is not a predictor, ...).
-    """
-    if model_path:
-        return MeshPredictor.load(Path(model_path).expanduser(), select_device(device))
-    return MeshPredictor.from_bundled(device=str(device))
-
-
 def model_problem(model_path: str | os.PathLike | None = None) -> str | None:
     """Why Predict mode cannot run with ``model_path`` (None: the bundled model), in one sentence
     for the user, or None when the weights are there. Cheap: nothing is loaded."""
@@ -574,7 +559,8 @@ def reconstruct_from_volume(
     Args:
         volume_node: ``vtkMRMLScalarVolumeNode`` holding the image (any orientation and
             spacing; never modified).
-        predictor: the network; default ``model_path``'s, else the bundled one (:func:`load_predictor`).
+        predictor: the network; default ``model_path``'s, else the bundled one
+            (:func:`cardiocore.recon.predict.load_predictor`).
         model_path: a predictor file (``cardio recon train``), used when ``predictor`` is None.
         structures: the structures to output (default every one the network predicts).
         reference_labels: optional labelmap (coded as ``rules`` says) or segmentation node

@@ -166,7 +166,7 @@ def _bench_predict(args: argparse.Namespace) -> dict[str, Any]:
     """The Predict-mode part of ``cardio bench recon``: speed/memory rows, held-out accuracy."""
     from cardiocore.bench.recon import format_table
     from cardiocore.bench.recon_predict import predict_accuracy_rows, predict_speed_rows
-    from cardiocore.mrml.recon import load_predictor
+    from cardiocore.recon.predict import load_predictor
 
     predictor = load_predictor(args.model, args.device)
     print(f"Predict mode: model {args.model or 'bundled'} on {next(predictor.net.parameters()).device}")

@@ -121,6 +121,20 @@ class MeshPredictor:
         return cls.load(resolve_model(name, version), select_device(device))
 
 
+def load_predictor(model_path: str | os.PathLike | None = None, device: str | torch.device = "auto") -> MeshPredictor:
+    """The Predict-mode network of ``model_path`` (a file written by ``cardio recon train``), or
+    the bundled one (:data:`cardiocore.recon.predict.BUNDLED_PREDICTOR`) when None, in eval mode
+    on ``device`` ("auto": CUDA when available).
+
+    Raises:
+        WeightsError: missing, unreadable or incompatible weights (the bundled model is not
+            installed, the file is not a predictor, ...).
+    """
+    if model_path:
+        return MeshPredictor.load(Path(model_path).expanduser(), select_device(device))
+    return MeshPredictor.from_bundled(device=str(device))
+
+
 def run_network(predictor: MeshPredictor, grid: torch.Tensor, frame_to_ras: np.ndarray) -> torch.Tensor:
     """The network's vertices (V, 3) float32, RAS mm, for one frame image ``grid`` (D, D, D)
     whose frame ``frame_to_ras`` (4, 4) places in RAS (eval mode, no gradients)."""
