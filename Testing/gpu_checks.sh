@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The figures and tests that need a GPU, in one run: the CUDA-marked tests, `cardio bench core`,
+# `cardio bench gen` (fast samplers vs the 1000-step DDPM, with 1-NNA), and `cardio bench recon`
+# (Predict-mode speed, the fit ablation with its timings, Predict's held-out Dice).
+#
+#   Testing/gpu_checks.sh OUTDIR [DATA]
+#
+# OUTDIR receives summary.txt (what ran, how long, each step's last lines), steps.log (all output)
+# and the JSON rows of the five benchmarks: seven files. DATA is the folder that
+# holds cap_lv_atlas/cap_lv_atlas_dev.npz and mmwhs_ct_labels/*.nii.gz (default ../shared/data).
+# Environment:
+#   DEVICE=cuda      device for every step (DEVICE=cpu QUICK=1 checks the script itself on a CPU)
+#   QUICK=1          smoke-test sizes, not the figures
+#   STEP_LIMIT_S=95  each step is stopped after this many seconds, so one slow step cannot take
+#                    the others' time (six steps fit a 10-minute call); a stopped step says so
+#   CARDIO="python3 -m cardiocore.cli"   how to run the CLI (the default needs no installed script)
+# Needs only the compute layer's packages (torch, numpy, scipy, monai, torch-geometric,
+# scikit-image, matplotlib, nibabel, pytest): no slicer-core, no VTK; the MRML tests skip.
+set -uo pipefail
+
+out=${1:?usage: Testing/gpu_checks.sh OUTDIR [DATA]}
+data=${2:-../shared/data}
+device=${DEVICE:-cuda}
+limit=${STEP_LIMIT_S:-95}
+quick=()
+if [[ "${QUICK:-0}" == 1 ]]; then quick=(--quick); fi
+read -r -a cardio <<< "${CARDIO:-python3 -m cardiocore.cli}"
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+summary="$out/summary.txt"
+log="$out/steps.log"
+: > "$summary"
+: > "$log"
+export PYTHONUNBUFFERED=1
+
+atlas="$data/cap_lv_atlas/cap_lv_atlas_dev.npz"
+labels="$data/mmwhs_ct_labels"
+for needed in "$atlas" "$labels/ct_train_1012_label.nii.gz"; do
+    if [[ ! -e "$needed" ]]; then
+        echo "missing $needed: pass the folder that holds cap_lv_atlas/ and mmwhs_ct_labels/ as DATA" >&2
+        exit 2
+    fi
+done
+
+step() {  # step NAME COMMAND...: run with the time limit, append to steps.log, note the outcome
+    local name=$1
+    shift
+    local start=$SECONDS
+    echo "== $name: $*" | tee -a "$summary" >> "$log"
+    timeout --signal=INT --kill-after=15 "$limit" "$@" > "$out/.step" 2>&1
+    local rc=$?
+    cat "$out/.step" >> "$log"
+    local outcome="ok"
+    if [[ $rc == 124 || $rc == 130 || $rc == 137 ]]; then outcome="STOPPED after ${limit} s"
+    elif [[ $rc != 0 ]]; then outcome="FAILED (exit $rc)"; fi
+    echo "   $outcome in $((SECONDS - start)) s" | tee -a "$summary"
+    tail -n 4 "$out/.step" | sed 's/^/   | /' >> "$summary"
+    rm -f "$out/.step"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"; \
+  "${cardio[@]}" info; } >> "$summary" 2>&1
+
+# Cheapest and most wanted first: a step that runs out of time leaves the others' figures.
+step tests python3 -m pytest -m cuda -q -rs -p no:cacheprovider
+step gen "${cardio[@]}" bench gen --device "$device" --data "$atlas" "${quick[@]}" --json "$out/gen.json"
+step predict "${cardio[@]}" bench recon --predict-only --device "$device" "${quick[@]}" --json "$out/predict.json"
+step core "${cardio[@]}" bench core --device "$device" "${quick[@]}" --json "$out/core.json"
+fit_data=(--data "$labels")
+if [[ "${QUICK:-0}" == 1 ]]; then fit_data=(--quick); fi
+step fit "${cardio[@]}" bench recon --device "$device" "${fit_data[@]}" --json "$out/fit.json"
+# Held-out Dice: the network runs on the device, but resolving and scoring run on the CPU.
+step held_out "${cardio[@]}" bench recon --predict-only --device "$device" --quick \
+    --held-out "$labels/ct_train_1012_label.nii.gz@mmwhs" --json "$out/held_out.json"
+cat "$summary"
