@@ -54,6 +54,9 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError('blocked for the layering test: ' + name)
         return None
 sys.meta_path.insert(0, Block())
+""".format(forbidden=set(FORBIDDEN))
+
+IMPORT_COMPUTE_LAYER = """
 import cardiocore
 modules = [m.name for m in pkgutil.walk_packages(cardiocore.__path__, 'cardiocore.')
            if '.mrml' not in m.name and not m.name.endswith('.cli')]
@@ -63,14 +66,15 @@ print(len(modules))
 """
 
 
-def test_compute_layer_imports_where_slicer_and_vtk_cannot() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCKER.format(forbidden=set(FORBIDDEN))],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
+def _run_blocked(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter in which slicer, vtk and qt cannot be imported."""
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300
     )
+
+
+def test_compute_layer_imports_where_slicer_and_vtk_cannot() -> None:
+    result = _run_blocked(IMPORT_COMPUTE_LAYER)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.strip().splitlines()[-1]) >= 10
 
@@ -81,17 +85,10 @@ def test_predict_benchmark_loads_its_model_where_slicer_and_vtk_cannot(tmp_path:
     A missing model file takes the same path to the model loader and ends at its clear error in
     seconds (the benchmark's own modules are imported by the test above)."""
     missing = tmp_path / "missing.pt"
-    script = BLOCKER.split("import cardiocore")[0] + (
+    result = _run_blocked(
         "from cardiocore.cli import main\n"
         "sys.exit(main(['bench', 'recon', '--predict-only', '--quick', '--device', 'cpu',"
         f" '--model', {str(missing)!r}]))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script.format(forbidden=set(FORBIDDEN))],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
     )
     assert "blocked for the layering test" not in result.stderr, result.stderr[-2000:]
     assert result.returncode != 0 and str(missing) in result.stderr + result.stdout
