@@ -218,7 +218,8 @@ class LatentDiffusion(nn.Module):
             + 1 network calls; more accurate than DDIM at the same steps), "ddim" (MONAI's DDIM
             over ``steps`` evenly spaced steps; ``eta`` 0 is deterministic given the initial
             noise, 1 is ancestral) or "ddpm" (MeshLDM's ancestral sampler over every one of the
-            ``num_train_timesteps`` steps). ``steps`` None: :data:`cardiocore.gen.samplers.DEFAULT_FAST_STEPS`.
+            ``num_train_timesteps`` steps). ``steps`` None:
+            :data:`cardiocore.gen.samplers.DEFAULT_FAST_STEPS`.
         phase: "ED"/"ES", a label (0 = ED, 1 = ES), (n,) labels or None (any phase).
         conditions: (C,) targets for all samples or (n, C), in their own units; NaN or None =
             not requested.
