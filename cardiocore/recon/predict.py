@@ -123,7 +123,7 @@ class MeshPredictor:
 
 def load_predictor(model_path: str | os.PathLike | None = None, device: str | torch.device = "auto") -> MeshPredictor:
     """The Predict-mode network of ``model_path`` (a file written by ``cardio recon train``), or
-    the bundled one (:data:`cardiocore.recon.predict.BUNDLED_PREDICTOR`) when None, in eval mode
+    the bundled one (:data:`BUNDLED_PREDICTOR`) when None, in eval mode
     on ``device`` ("auto": CUDA when available).
 
     Raises:
