@@ -21,6 +21,7 @@ from cardiocore.gen.vae import HierarchyPooling, KLAnnealing, MeshVAE, VAEObject
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.geometry.primitives import icosphere
 from cardiocore.geometry.volume import close_boundary, enclosed_volume
+from cardiocore.nets.graph import _sparse_hop
 from cardiocore.phantoms.lv import lv_cohort
 from cardiocore.train.loop import TrainConfig, Trainer
 
@@ -168,6 +169,21 @@ def test_vae_shapes_and_gradient_flow(hierarchy):
         MeshVAE(hierarchy, channels=(3, 16, 32))
     with pytest.raises(CardioInputError, match="shapes to encode"):
         model.encode(torch.zeros(2, 100, 3))
+
+
+def test_graph_convs_keep_sparse_products_in_float32_under_autocast(hierarchy):
+    """Autocast would send the sparse Laplacian products to bfloat16, which CUDA's sparse addmm
+    does not implement (found on the H200: ``addmm_sparse_cuda`` not implemented for BFloat16).
+    CPU autocast shows the same cast, so this checks it without a GPU."""
+    torch.manual_seed(0)
+    model = MeshVAE(hierarchy)
+    laplacian = model._laplacian("encoder", 0)
+    terms = torch.randn(258, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _sparse_hop(laplacian, terms, None).dtype == torch.float32
+        assert _sparse_hop(laplacian, terms, terms).dtype == torch.float32
+        recon, _, _ = model(torch.randn(2, 258, 3))
+    assert torch.isfinite(recon.float()).all()
 
 
 def test_posterior_has_no_activation(hierarchy):

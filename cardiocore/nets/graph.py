@@ -39,10 +39,13 @@ def _sparse_hop(laplacian: torch.Tensor, term: torch.Tensor, previous: torch.Ten
     """``2 L term - previous`` (``L term`` without ``previous``) for node-first (N, B, C) terms, in float32."""
     n, batch, channels = term.shape
     flat = term.reshape(n, batch * channels).float()
-    if previous is None:
-        return torch.sparse.mm(laplacian, flat).view(n, batch, channels)
-    previous = previous.reshape(n, batch * channels).float()
-    return torch.sparse.addmm(previous, laplacian, flat, beta=-1.0, alpha=2.0).view(n, batch, channels)
+    # Autocast would run the sparse product in the low-precision dtype, which CUDA's sparse addmm
+    # does not implement for bfloat16 (and which would round the Laplacian's weights anyway).
+    with torch.autocast(device_type=term.device.type, enabled=False):
+        if previous is None:
+            return torch.sparse.mm(laplacian, flat).view(n, batch, channels)
+        previous = previous.reshape(n, batch * channels).float()
+        return torch.sparse.addmm(previous, laplacian, flat, beta=-1.0, alpha=2.0).view(n, batch, channels)
 
 
 def _chebyshev_on_inputs(lins: nn.ModuleList, x: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
