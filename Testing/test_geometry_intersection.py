@@ -83,6 +83,22 @@ def test_overlapping_spheres_merged_into_one_mesh() -> None:
     assert apart.shape == (0, 2)
 
 
+def test_search_among_some_faces_returns_exactly_their_pairs() -> None:
+    """``among`` (used by untangle after its first round) finds the pairs with at least one of
+    the given faces, no more and no fewer, whether given as a mask or as indices."""
+    verts, faces = _merged(icosphere(3, radius=10.0), icosphere(3, radius=10.0, center=(8.0, 1.0, 0.5)))
+    every = self_intersecting_faces(verts, faces)
+    chosen = torch.zeros(faces.shape[0], dtype=torch.bool)
+    chosen[every[::3, 0]] = True  # a third of the first faces of the pairs
+    chosen[every[1::5, 1]] = True  # and some second faces
+    chosen[:40] = True  # and faces that intersect nothing
+    expected = every[chosen[every[:, 0]] | chosen[every[:, 1]]]
+    assert 0 < expected.shape[0] < every.shape[0]
+    assert torch.equal(self_intersecting_faces(verts, faces, among=chosen), expected)
+    assert torch.equal(self_intersecting_faces(verts, faces, among=chosen.nonzero().flatten()), expected)
+    assert self_intersecting_faces(verts, faces, among=torch.zeros_like(chosen)).shape == (0, 2)
+
+
 def _pair(a: list[list[float]], b: list[list[float]], shared: int) -> int:
     """Self-intersections of two triangles whose first ``shared`` corners are the same vertices."""
     verts = torch.tensor(a + b[shared:], dtype=torch.float64)

@@ -62,23 +62,29 @@ def _bounding_spheres(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _candidate_pairs(
-    corners_a: np.ndarray, corners_b: np.ndarray, same: bool, tolerance: float
+    corners_a: np.ndarray, corners_b: np.ndarray, same: bool, tolerance: float, among: np.ndarray | None = None
 ) -> np.ndarray:
     """Pairs (P, 2) (index in A, index in B) whose bounding spheres and boxes overlap.
 
-    With ``same`` (A is B) each unordered pair appears once with ``i < j``.
+    With ``same`` (A is B) each unordered pair appears once with ``i < j``. ``among`` (M,)
+    indices into A: only pairs with at least one of these faces (default: all pairs).
     """
     centres_a, radii_a = _bounding_spheres(corners_a)
     centres_b, radii_b = _bounding_spheres(corners_b)
-    tree = cKDTree(centres_b)
-    neighbours = tree.query_ball_point(centres_a, r=radii_a + radii_b.max() + tolerance)
+    rows = np.arange(len(centres_a)) if among is None else np.unique(np.asarray(among, dtype=np.int64))
+    neighbours = cKDTree(centres_b).query_ball_point(centres_a[rows], r=radii_a[rows] + radii_b.max() + tolerance)
     counts = np.fromiter((len(n) for n in neighbours), dtype=np.int64, count=len(neighbours))
     if counts.sum() == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    first = np.repeat(np.arange(len(neighbours)), counts)
+    first = np.repeat(rows, counts)
     second = np.concatenate([np.asarray(n, dtype=np.int64) for n in neighbours if n])
-    keep = first < second if same else np.ones(first.shape, dtype=bool)
-    first, second = first[keep], second[keep]
+    if same and among is None:
+        keep = first < second
+        first, second = first[keep], second[keep]
+    elif same:  # a pair found from both of its faces appears once, as (low, high)
+        low, high = np.minimum(first, second), np.maximum(first, second)
+        key = np.unique((low * len(centres_a) + high)[low != high])
+        first, second = key // len(centres_a), key % len(centres_a)
     gap = np.linalg.norm(centres_a[first] - centres_b[second], axis=1)
     keep = gap <= radii_a[first] + radii_b[second] + tolerance
     low_a, high_a = corners_a.min(axis=1), corners_a.max(axis=1)
@@ -185,12 +191,14 @@ def _test_pairs(
     return pairs[hits]
 
 
-def self_intersecting_faces(verts: ArrayLike, faces: ArrayLike) -> torch.Tensor:
+def self_intersecting_faces(verts: ArrayLike, faces: ArrayLike, among: ArrayLike | None = None) -> torch.Tensor:
     """Pairs of faces of one mesh that intersect, under the adjacency rule of the module docstring.
 
     Args:
         verts: vertex positions (V, 3), mm.
         faces: triangles (F, 3) int64.
+        among: (F,) bool or face indices: only pairs with at least one of these faces are found
+            (default all), e.g. the faces that moved since a check found none among the others.
 
     Returns:
         (K, 2) int64 tensor of face indices ``(i, j)`` with ``i < j``, rows sorted; K = 0 for a
@@ -201,7 +209,11 @@ def self_intersecting_faces(verts: ArrayLike, faces: ArrayLike) -> torch.Tensor:
     """
     corners, faces_np = _triangles(verts, faces, "self-intersection mesh")
     tolerance = _tolerance(corners)
-    pairs = _candidate_pairs(corners, corners, same=True, tolerance=tolerance)
+    subset = None
+    if among is not None:
+        subset = torch.as_tensor(among).cpu().numpy()
+        subset = np.flatnonzero(subset) if subset.dtype == bool else subset.astype(np.int64)
+    pairs = _candidate_pairs(corners, corners, same=True, tolerance=tolerance, among=subset)
     shared = (faces_np[pairs[:, 0], :, None] == faces_np[pairs[:, 1], None, :]).sum(axis=(1, 2))
     hits = _test_pairs(corners, corners, pairs, shared, tolerance)
     hits = hits[np.lexsort((hits[:, 1], hits[:, 0]))]

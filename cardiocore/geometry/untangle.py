@@ -41,8 +41,11 @@ def untangle(
     edges = edge_index(faces_t)
     n_verts = moved.shape[0]
     degree = torch.bincount(edges[0], minlength=n_verts).clamp(min=1).to(moved.dtype)
+    # Every intersecting pair has its corners moved, so after a round a pair can intersect only
+    # if one of its faces has a moved corner: later checks test just those faces' pairs (exact).
+    changed_faces = None
     for _ in range(max_rounds):
-        pairs = self_intersecting_faces(moved, faces_t)
+        pairs = self_intersecting_faces(moved, faces_t, among=changed_faces)
         if pairs.shape[0] == 0:
             return moved, 0
         involved = torch.zeros(n_verts, dtype=torch.bool)
@@ -51,4 +54,5 @@ def untangle(
         region[edges[1][involved[edges[0]]]] = True
         mean = torch.zeros_like(moved).index_add_(0, edges[0], moved[edges[1]]) / degree[:, None]
         moved[region] += step * (mean[region] - moved[region])
-    return moved, int(self_intersecting_faces(moved, faces_t).shape[0])
+        changed_faces = region[faces_t].any(dim=1)
+    return moved, int(self_intersecting_faces(moved, faces_t, among=changed_faces).shape[0])
