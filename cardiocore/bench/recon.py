@@ -218,7 +218,7 @@ def run_recon_benchmarks(
         device: "auto" (CUDA when present), "cpu", "cuda", ... for the fits (scoring runs on the CPU).
         quick: a smoke test in well under a minute, not the figures.
         vr_points, svr_points: violation samples per rule (default ``VR_POINTS``, ``SVR_POINTS``).
-        progress: called with a line of text before each reconstruction.
+        progress: called with a line of text before each reconstruction and with its result.
 
     Returns:
         One row per method and case (methods in :data:`METHODS` order), then one summary row per
@@ -242,16 +242,24 @@ def run_recon_benchmarks(
         for method in METHODS:
             progress(f"{case.name} ({case.size}): {method} ...")
             start = time.perf_counter()
+            stages = ""
             if method in _FIT_SWITCHES:
                 result = fit_template(case.labels, case.ijk_to_ras, case.rules, template, steps=steps, device=dev,
                                       **_FIT_SWITCHES[method])
                 meshes = dict(zip(result.names, result.meshes(), strict=True))
                 seconds = time.perf_counter() - start
+                stages = " (" + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items() if k != "total") + ")"
             else:
                 meshes, seconds = run_baseline_case(case.labels, case.ijk_to_ras, case.rules, label_of)
+            scoring = time.perf_counter()
             metrics = evaluate_meshes(meshes, case.labels, case.ijk_to_ras, label_of, case.rules,
                                       vr_points=vr_points, svr_points=svr_points)
-            per_method[method].append(_case_row(method, case, dev, metrics, seconds))
+            row = _case_row(method, case, dev, metrics, seconds)
+            per_method[method].append(row)
+            # Each result as soon as it is known: a run stopped part-way still leaves its figures.
+            progress(f"  -> {seconds:.2f} s{stages}; chamber Dice {row['chamber Dice']:.3f}, "
+                     f"myo Dice {row['myo Dice']:.3f}, max VR {row['max VR (%)']:.3f} %; "
+                     f"scored in {time.perf_counter() - scoring:.1f} s")
     rows = [row for method in METHODS for row in per_method[method]]
     return rows + [_summary_row(method, per_method[method]) for method in METHODS]
 

@@ -62,18 +62,22 @@ def _large_image(shape: tuple[int, int, int], spacing_mm: Sequence[float]) -> tu
     return image, np.diag([*spacing_mm, 1.0])
 
 
-def _timed(predictor: MeshPredictor, image: np.ndarray, ijk_to_ras: np.ndarray, repeats: int) -> tuple[float, float]:
-    """Median seconds of ``repeats`` predictions after a warm-up, and the peak RSS growth (MB)."""
+def _timed(predictor: MeshPredictor, image: np.ndarray, ijk_to_ras: np.ndarray,
+           repeats: int) -> tuple[float, float, dict[str, float]]:
+    """Median seconds of ``repeats`` predictions after a warm-up, the peak RSS growth (MB), and
+    the last call's seconds per stage (resampling, network, resolution)."""
     before = _peak_rss_mb()
     predict_meshes(image, ijk_to_ras, predictor)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        predict_meshes(image, ijk_to_ras, predictor)
+        result, _ = predict_meshes(image, ijk_to_ras, predictor)
         if next(predictor.net.parameters()).is_cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), _peak_rss_mb() - before
+    stages = {"resample": result.seconds["prepare"], "network": result.seconds["optimise"],
+              "resolve": result.seconds["resolve"]}
+    return statistics.median(times), _peak_rss_mb() - before, stages
 
 
 def predict_speed_rows(predictor: MeshPredictor, repeats: int = 3, large: bool = True,
@@ -88,11 +92,14 @@ def predict_speed_rows(predictor: MeshPredictor, repeats: int = 3, large: bool =
     for name, make in cases:
         progress(f"predict speed: {name} ...")
         image, matrix = make()
-        seconds, grown = _timed(predictor, image, matrix, repeats)
+        seconds, grown, stages = _timed(predictor, image, matrix, repeats)
         rows.append({"input": name, "device": str(device), "threads": torch.get_num_threads(),
                      "median_s": seconds, "target_s": target,
                      "meets": None if target is None else seconds <= target,
-                     "input_mb": image.nbytes / 2**20, "peak_rss_growth_mb": grown})
+                     "input_mb": image.nbytes / 2**20, "peak_rss_growth_mb": grown,
+                     **{f"{stage}_s": value for stage, value in stages.items()}})
+        progress(f"  -> median {seconds:.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+                 + f"), peak memory +{grown:.0f} MB")
         del image
     return rows
 

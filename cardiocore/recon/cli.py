@@ -172,7 +172,7 @@ def _bench_predict(args: argparse.Namespace) -> dict[str, Any]:
     print(f"Predict mode: model {args.model or 'bundled'} on {next(predictor.net.parameters()).device}")
     speed = predict_speed_rows(predictor, large=not args.quick)
     print(format_table(speed, ("input", "device", "threads", "median_s", "target_s", "meets", "input_mb",
-                               "peak_rss_growth_mb")))
+                               "peak_rss_growth_mb", "resample_s", "network_s", "resolve_s")))
     report: dict[str, Any] = {"predict_speed": speed}
     if args.held_out:
         cases = _load_cases(args.held_out, "default", args.case_spacing_mm)
