@@ -15,6 +15,7 @@ from cardiocore.geometry.voxelize import voxelize_mesh
 from cardiocore.geometry.winding import (
     build_winding_tree,
     fast_winding_number,
+    inside_mesh,
     occupancy,
     query_winding_tree,
     smooth_winding_number,
@@ -167,6 +168,20 @@ def test_fast_matches_exact_at_mixed_distances(shape):
     assert torch.equal(
         occupancy(points, verts, faces, method="fast"), occupancy(points, verts, faces, method="exact")
     )
+
+
+def test_inside_mesh_skips_points_outside_the_box_with_the_same_result():
+    verts, faces = torus(R=20.0, r=6.0)
+    generator = torch.Generator().manual_seed(3)
+    points = torch.rand(3000, 3, generator=generator, dtype=verts.dtype) * 80.0 - 40.0  # many outside the box
+    in_box = ((points >= verts.amin(0)) & (points <= verts.amax(0))).all(1)
+    assert 0 < int(in_box.sum()) < 3000
+    for method in ("exact", "fast"):
+        expected = occupancy(points, verts, faces, method=method)
+        assert torch.equal(inside_mesh(points, verts, faces, method=method), expected)
+        assert bool(expected.any())
+    far = points[~in_box][:5]
+    assert not inside_mesh(far, verts, faces).any()
 
 
 def test_voxelize_sphere_on_oblique_anisotropic_grid():

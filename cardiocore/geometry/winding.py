@@ -299,3 +299,16 @@ def occupancy(
     if soft:
         return torch.sigmoid(sharpness * (w - 0.5))
     return w > 0.5
+
+
+def inside_mesh(points: ArrayLike, verts: ArrayLike, faces: ArrayLike, method: Method = "auto") -> torch.Tensor:
+    """Hard occupancy (P,) bool of points (P, 3) w.r.t. one closed mesh (V, 3), (F, 3), with the
+    winding number (``method`` as in :func:`occupancy`) summed only for the points inside the
+    mesh's axis-aligned bounding box: the others are outside, so the result is the same as
+    :func:`occupancy`'s, at a cost that falls with the share of points near the mesh."""
+    points_t, verts_t, faces_t = prepare_inputs(points, verts, faces)
+    in_box = ((points_t >= verts_t.amin(dim=0)) & (points_t <= verts_t.amax(dim=0))).all(dim=-1)
+    inside = torch.zeros_like(in_box)
+    if bool(in_box.any()):
+        inside[in_box] = occupancy(points_t[in_box], verts_t, faces_t, method=method)
+    return inside

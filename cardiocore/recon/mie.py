@@ -46,7 +46,7 @@ from cardiocore.errors import CardioInputError
 from cardiocore.geometry.mesh import face_normals
 from cardiocore.geometry.sampling import sample_surface
 from cardiocore.geometry.solid_angle import FOUR_PI
-from cardiocore.geometry.winding import DEFAULT_SHARPNESS, occupancy
+from cardiocore.geometry.winding import DEFAULT_SHARPNESS, inside_mesh
 from cardiocore.recon.rules import Rule
 
 Mesh = tuple[torch.Tensor, torch.Tensor]
@@ -125,11 +125,9 @@ def _hard_occupancy_matrix(
     inside = torch.zeros(points.shape[0], len(meshes), dtype=torch.bool, device=points.device)
     for s in needed:
         verts, faces = meshes[s]
-        verts = verts.detach()
-        in_box = ((points >= verts.amin(dim=0)) & (points <= verts.amax(dim=0))).all(dim=1) & (source != s)
-        if bool(in_box.any()):
-            inside[in_box, s] = occupancy(points[in_box], verts, faces, method="fast")
-        inside[source == s, s] = True
+        others = source != s
+        inside[others, s] = inside_mesh(points[others], verts.detach(), faces, method="fast")
+        inside[~others, s] = True
     return inside
 
 

@@ -8,7 +8,7 @@ works on the finished meshes, and moves only the vertices that are wrong:
    meshes, the vertices that break it (``A disjoint B``: a vertex of A inside B or of B inside A;
    ``A inside B``: a vertex of A outside B) are moved to the nearest point of the other surface
    and ``margin_mm`` beyond it, on the allowed side. Inside/outside is the exact winding number
-   (:func:`cardiocore.geometry.winding.winding_number`), the nearest point the exact point-to-mesh
+   (:func:`cardiocore.geometry.winding.inside_mesh`), the nearest point the exact point-to-mesh
    projection (:func:`cardiocore.geometry.distance.closest_points_on_mesh`).
 2. **Untangling** of each mesh (:func:`cardiocore.geometry.untangle.untangle`): the
    neighbourhoods of self-intersections are relaxed until none is left.
@@ -26,7 +26,7 @@ import torch
 
 from cardiocore.geometry.distance import closest_points_on_mesh
 from cardiocore.geometry.untangle import untangle
-from cardiocore.geometry.winding import winding_number
+from cardiocore.geometry.winding import inside_mesh
 from cardiocore.recon.rules import Rule
 
 Mesh = tuple[torch.Tensor, torch.Tensor]
@@ -47,12 +47,7 @@ def _push(moving: torch.Tensor, other: Mesh, want_inside: bool, margin_mm: float
     """Move the vertices of ``moving`` (in place) that are on the wrong side of ``other`` to its
     surface plus ``margin_mm`` on the right side; returns how many moved."""
     verts, faces = other
-    # Only vertices within the other mesh's bounding box can be inside it: the exact winding
-    # number is summed for those alone (the others are outside, with no approximation).
-    in_box = ((moving >= verts.amin(dim=0)) & (moving <= verts.amax(dim=0))).all(dim=1)
-    inside = torch.zeros_like(in_box)
-    if bool(in_box.any()):
-        inside[in_box] = winding_number(moving[in_box], verts, faces) > 0.5
+    inside = inside_mesh(moving, verts, faces, method="exact")
     wrong = inside if not want_inside else ~inside
     if not bool(wrong.any()):
         return 0
