@@ -71,7 +71,7 @@ def _candidate_pairs(
     """
     centres_a, radii_a = _bounding_spheres(corners_a)
     centres_b, radii_b = _bounding_spheres(corners_b)
-    rows = np.arange(len(centres_a)) if among is None else np.unique(np.asarray(among, dtype=np.int64))
+    rows = np.arange(len(centres_a)) if among is None else np.asarray(among, dtype=np.int64)
     neighbours = cKDTree(centres_b).query_ball_point(centres_a[rows], r=radii_a[rows] + radii_b.max() + tolerance)
     counts = np.fromiter((len(n) for n in neighbours), dtype=np.int64, count=len(neighbours))
     if counts.sum() == 0:
