@@ -210,6 +210,17 @@ def is_closed(faces: ArrayLike) -> bool:
     return boundary_edges(faces).shape[0] == 0
 
 
+def is_closed_and_oriented(faces: ArrayLike) -> bool:
+    """True when every directed edge u->v is matched by as many v->u (the faces' boundary chain is
+    zero): a closed, consistently oriented surface, where a ray's signed face crossings count the
+    winding number exactly."""
+    half = _half_edges(_as_faces(faces))
+    n = int(half.max()) + 1 if half.numel() else 1
+    forward = torch.sort(half[:, 0] * n + half[:, 1]).values
+    backward = torch.sort(half[:, 1] * n + half[:, 0]).values
+    return bool(torch.equal(forward, backward))
+
+
 def region_faces(faces: ArrayLike, index: ArrayLike, n_vertices: int) -> torch.Tensor:
     """The faces (F_r, 3) int64 whose three corners lie in the vertex subset ``index`` (V_r,),
     re-indexed into that subset (vertex ``index[k]`` becomes ``k``); ``n_vertices`` is V."""
