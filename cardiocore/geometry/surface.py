@@ -39,22 +39,29 @@ def surface_from_mask(
         VolumeError: a mask that is not 3-D or has no voxel above ``level``, a bad matrix, or a
             negative smoothing.
     """
-    values = np.asarray(torch.as_tensor(mask).detach().cpu(), dtype=np.float64)
+    raw = np.asarray(torch.as_tensor(mask).detach().cpu())
     matrix = checked_matrix(ijk_to_ras)
-    if values.ndim != 3:
-        raise VolumeError("mask", f"must be a 3-D (I, J, K) array, got shape {values.shape}")
+    if raw.ndim != 3:
+        raise VolumeError("mask", f"must be a 3-D (I, J, K) array, got shape {raw.shape}")
     if smoothing_mm < 0:
         raise VolumeError("smoothing_mm", f"must be >= 0, got {smoothing_mm}")
-    if not (values > level).any():
+    above = raw > level
+    if not above.any():
         raise VolumeError("mask", f"has no voxel above level {level}, so there is no surface")
 
     sigma_voxels = smoothing_mm / np.linalg.norm(matrix[:3, :3], axis=0)
     pad = 1 + math.ceil(3 * float(sigma_voxels.max()))
-    padded = np.pad(values, pad, mode="constant", constant_values=min(0.0, values.min()))
+    # Only the box around the voxels above the level (with two pads of margin, so a blur sees
+    # the same neighbourhood) is meshed: a small structure in a large volume costs little.
+    spans = [np.flatnonzero(above.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
+    start = np.array([max(0, int(span[0]) - 2 * pad) for span in spans])
+    stop = np.array([min(n, int(span[-1]) + 1 + 2 * pad) for n, span in zip(raw.shape, spans, strict=True)])
+    values = raw[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]].astype(np.float64)
+    padded = np.pad(values, pad, mode="constant", constant_values=min(0.0, float(raw.min())))
     if smoothing_mm > 0:
         padded = gaussian_filter(padded, sigma_voxels, mode="nearest")
     ijk, faces, _, _ = marching_cubes(padded, level=level, allow_degenerate=False)
-    ras = (ijk - pad) @ matrix[:3, :3].T + matrix[:3, 3]
+    ras = (ijk - pad + start) @ matrix[:3, :3].T + matrix[:3, 3]
 
     verts_t = torch.from_numpy(ras).to(torch.get_default_dtype())
     faces_t = torch.from_numpy(faces.astype(np.int64))

@@ -123,10 +123,10 @@ def mask_violation_rate(mask_a: ArrayLike, mask_b: ArrayLike, rule: Rule = "disj
     if a.shape != b.shape or a.dim() != 3:
         raise CardioInputError("mask_a, mask_b", f"must be (I, J, K) masks of one shape, got "
                                f"{tuple(a.shape)} and {tuple(b.shape)}")
-    n_a = int(a.sum())
+    n_a = int(torch.count_nonzero(a))  # count_nonzero: a bool sum widens every voxel to int64
     if n_a == 0:
         return 0.0
-    return int((a & _violates(b, rule)).sum()) / n_a
+    return int(torch.count_nonzero(a & _violates(b, rule))) / n_a
 
 
 def surface_violation_rate(

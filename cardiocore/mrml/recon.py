@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from cardiocore.errors import CardioInputError, VolumeError, WeightsError
+from cardiocore.geometry.grid import label_mask
 from cardiocore.geometry.surface import surface_from_mask
 from cardiocore.geometry.voxelize import voxelize_mesh
 from cardiocore.mrml.app import slicer_app
@@ -510,7 +511,7 @@ def _reference_of(
         raise CardioInputError("reference labels",
                                f"expected a labelmap or segmentation node, got {describe_node(node)}")
     label_of = {s.name: s.label for s in rules.structures}
-    if not np.isin(labels, list(label_of.values())).any():
+    if not label_mask(labels, list(label_of.values())).any():
         raise CardioInputError(f"reference labels {node.GetName()!r}", "hold no structure of the label coding",
                                "labels: " + ", ".join(f"{name} {label}" for name, label in label_of.items()))
     return ReferenceLabels(labels, ijk_to_ras, label_of), sources, extra | {"reference": node.GetName()}

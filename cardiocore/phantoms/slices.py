@@ -15,7 +15,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from cardiocore.errors import CardioInputError, VolumeError
-from cardiocore.geometry.grid import checked_matrix
+from cardiocore.geometry.grid import checked_matrix, label_mask
 from cardiocore.phantoms.heart import LABEL, HeartPhantom
 
 LV_LABELS = (LABEL["LV cavity"], LABEL["LV myocardium"])
@@ -120,7 +120,7 @@ def short_axis_stack(
             f"{in_plane_spacing_mm}, {slice_spacing_mm}",
         )
 
-    lv_mask = volume if volume.dtype == bool else np.isin(volume, lv_labels)
+    lv_mask = volume if volume.dtype == bool else label_mask(volume, lv_labels)
     if not lv_mask.any():
         raise CardioInputError("volume", "contains no LV voxels", f"expected labels {lv_labels} or a bool mask")
     lv_points = np.argwhere(lv_mask) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]

@@ -25,6 +25,7 @@ import torch
 
 from cardiocore.errors import CardioInputError
 from cardiocore.geometry.decimate import quadric_decimate
+from cardiocore.geometry.grid import label_mask
 from cardiocore.geometry.mesh import ArrayLike
 from cardiocore.geometry.smoothing import slicer_smoothing_parameters, windowed_sinc_smooth
 from cardiocore.geometry.surface import surface_from_mask
@@ -108,7 +109,7 @@ def baseline_meshes(
                                f"known structures: {sorted(label_of)}")
     meshes = {}
     for name in names:
-        mask = np.isin(labels_np, np.atleast_1d(np.asarray(label_of[name])))
+        mask = label_mask(labels_np, label_of[name])
         if mask.any():
             meshes[name] = segment_surface(mask, ijk_to_ras, smoothing_factor, decimation_factor)
     return meshes

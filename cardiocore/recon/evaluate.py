@@ -45,6 +45,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cardiocore.errors import CardioInputError
+from cardiocore.geometry.grid import label_mask
 from cardiocore.geometry.intersection import count_self_intersections
 from cardiocore.geometry.mesh import ArrayLike, as_mesh, face_normals, is_closed
 from cardiocore.geometry.sampling import sample_surface
@@ -237,11 +238,6 @@ def is_manifold(faces: ArrayLike) -> bool:
     return bool(n_fans == np.unique(vertex_of_corner).shape[0])
 
 
-def _structure_mask(labels: np.ndarray, value: int | Sequence[int]) -> np.ndarray:
-    """Voxels (I, J, K) bool whose label is ``value`` (or any of several values, for a union)."""
-    return np.isin(labels, np.atleast_1d(np.asarray(value)))
-
-
 def _crop(*masks: np.ndarray) -> tuple[slice, ...]:
     """Index box of the voxels set in any mask, one voxel wider (surface distances are unchanged)."""
     union = np.logical_or.reduce(masks)
@@ -360,7 +356,7 @@ def evaluate_meshes(
         name: voxelize_mesh(v, f, labels_np.shape, matrix).cpu().numpy() for name, (v, f) in tensors.items()
     }
     structures = {
-        name: _structure_metrics(name, v, f, voxelised[name], _structure_mask(labels_np, label_of[name]),
+        name: _structure_metrics(name, v, f, voxelised[name], label_mask(labels_np, label_of[name]),
                                  matrix, generator)
         for name, (v, f) in tensors.items()
     }
