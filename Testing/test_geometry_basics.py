@@ -16,6 +16,7 @@ from cardiocore.errors import MeshError, VolumeError
 from cardiocore.geometry import distance as distance_module
 from cardiocore.geometry.decimate import quadric_decimate
 from cardiocore.geometry.distance import closest_points_on_mesh, point_to_mesh_distance
+from cardiocore.geometry.grid import label_mask
 from cardiocore.geometry.laplacian import cotangent_laplacian, uniform_laplacian
 from cardiocore.geometry.mesh import (
     as_mesh,
@@ -580,3 +581,10 @@ def test_surface_from_mask_rejects_bad_input() -> None:
     singular[2, 2] = 0.0
     with pytest.raises(VolumeError, match="ijk_to_ras: has a singular"):
         surface_from_mask(np.ones((4, 4, 4), dtype=bool), singular)
+
+
+def test_label_mask_is_the_union_of_the_values():
+    labels = np.array([[[0, 205, 500], [820, 205, 7]]])
+    assert np.array_equal(label_mask(labels, 205), labels == 205)
+    assert np.array_equal(label_mask(labels, [205, 500, 999]), np.isin(labels, [205, 500]))
+    assert not label_mask(labels, []).any()

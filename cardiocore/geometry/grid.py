@@ -32,8 +32,7 @@ def label_mask(labels: np.ndarray, values: int | Sequence[int]) -> np.ndarray:
     One comparison per value: for the few values of a label coding that is far faster on a
     whole CT volume than ``np.isin``, which sorts.
     """
-    wanted = [int(v) for v in np.atleast_1d(np.asarray(values))]
-    mask = labels == wanted[0]
-    for value in wanted[1:]:
-        mask |= labels == value
+    mask = np.zeros(np.shape(labels), dtype=bool)
+    for value in np.atleast_1d(np.asarray(values)).tolist():
+        mask |= labels == int(value)
     return mask
