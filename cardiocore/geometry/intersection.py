@@ -71,20 +71,23 @@ def _candidate_pairs(
     """
     centres_a, radii_a = _bounding_spheres(corners_a)
     centres_b, radii_b = _bounding_spheres(corners_b)
-    rows = np.arange(len(centres_a)) if among is None else np.asarray(among, dtype=np.int64)
-    neighbours = cKDTree(centres_b).query_ball_point(centres_a[rows], r=radii_a[rows] + radii_b.max() + tolerance)
-    counts = np.fromiter((len(n) for n in neighbours), dtype=np.int64, count=len(neighbours))
-    if counts.sum() == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    first = np.repeat(rows, counts)
-    second = np.concatenate([np.asarray(n, dtype=np.int64) for n in neighbours if n])
+    # Centre pairs within the largest possible reach; the per-pair test below is the tight one.
+    reach = radii_a.max(initial=0.0) + radii_b.max(initial=0.0) + tolerance
+    tree_b = cKDTree(centres_b)
     if same and among is None:
-        keep = first < second
-        first, second = first[keep], second[keep]
-    elif same:  # a pair found from both of its faces appears once, as (low, high)
-        low, high = np.minimum(first, second), np.maximum(first, second)
-        key = np.unique((low * len(centres_a) + high)[low != high])
-        first, second = key // len(centres_a), key % len(centres_a)
+        found = tree_b.query_pairs(reach, output_type="ndarray")  # i < j
+        first, second = found[:, 0], found[:, 1]
+    else:
+        rows = np.arange(len(centres_a)) if among is None else np.unique(np.asarray(among, dtype=np.int64))
+        found = cKDTree(centres_a[rows]).sparse_distance_matrix(tree_b, reach, output_type="ndarray")
+        first, second = rows[found["i"]], found["j"].astype(np.int64)
+        if same:
+            # Each unordered pair once, as (low, high): a pair of two listed faces is found from
+            # both, so keep it from its lower face; one listed face finds it once.
+            listed = np.zeros(len(centres_a), dtype=bool)
+            listed[rows] = True
+            keep = (first != second) & ((first < second) | ~listed[second])
+            first, second = np.minimum(first, second)[keep], np.maximum(first, second)[keep]
     gap = np.linalg.norm(centres_a[first] - centres_b[second], axis=1)
     keep = gap <= radii_a[first] + radii_b[second] + tolerance
     low_a, high_a = corners_a.min(axis=1), corners_a.max(axis=1)
