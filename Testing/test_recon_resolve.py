@@ -6,6 +6,7 @@ and an icosphere with a planted fold (a vertex pushed through the opposite side)
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cardiocore.geometry.intersection import count_self_intersections
@@ -56,3 +57,45 @@ def test_resolve_pulls_a_structure_back_inside_its_container() -> None:
     assert bool((winding_number(inner[0], *outer) < 0.5).any())  # pokes out by 3 mm
     (new_inner, _), _ = resolve_meshes([inner, outer], ["inner", "outer"], [Rule("inside", "inner", "outer")])
     assert bool((winding_number(new_inner[0], *outer) > 0.5).all())
+
+
+_CASCADE = (
+    [((0.0, 0.0, 0.0), 20.0), ((30.0, 0.0, 0.0), 12.0), ((20.0, 0.0, 8.0), 8.0), ((10.0, 0.0, 0.0), 40.0)],
+    [Rule("disjoint", "m1", "m2"), Rule("disjoint", "m0", "m1"), Rule("disjoint", "m0", "m2"),
+     Rule("inside", "m2", "m3")],
+)
+_DEEP_PAIR = ([((0.0, 0.0, 0.0), 20.0), ((20.0, 0.0, 0.0), 20.0)], [Rule("disjoint", "m0", "m1")])
+
+
+@pytest.mark.parametrize("spheres, rules", [_CASCADE, _DEEP_PAIR], ids=["cascade", "deep-pair"])
+def test_skipping_settled_rules_gives_the_meshes_of_checking_every_rule_every_round(
+    spheres: list[tuple[tuple[float, float, float], float]], rules: list[Rule]
+) -> None:
+    """Skipping a rule whose meshes did not change since a check that moved nothing must give
+    exactly what re-checking every rule in every round gives. Two scenes where one round is not
+    enough: three structures overlapping each other (pushing m1 out of m0 lands it in m2), and two
+    spheres overlapping by half, where one rule keeps moving vertices round after round."""
+    from cardiocore.recon.resolve import DEFAULT_MARGIN_MM, _push
+
+    meshes = [_sphere(centre, radius) for centre, radius in spheres]
+    names = [f"m{k}" for k in range(len(meshes))]
+    resolved, report = resolve_meshes(meshes, names, rules, rounds=6)
+
+    verts = [v.clone() for v, _ in meshes]
+    faces = [f for _, f in meshes]
+    moved_per_round = []
+    for _ in range(6):
+        moved = 0
+        for rule in rules:
+            a, b = names.index(rule.a), names.index(rule.b)
+            moved += _push(verts[a], (verts[b], faces[b]), rule.kind == "inside", DEFAULT_MARGIN_MM)
+            if rule.kind == "disjoint":
+                moved += _push(verts[b], (verts[a], faces[a]), False, DEFAULT_MARGIN_MM)
+        moved_per_round.append(moved)
+        if moved == 0:
+            break
+    assert len(moved_per_round) >= 3  # one round was not enough
+    assert report.moved_per_round == tuple(moved_per_round)
+    for (new, _), expected, face in zip(resolved, verts, faces, strict=True):
+        untangled, _ = untangle(expected, face)
+        assert torch.equal(new, untangled)

@@ -81,16 +81,24 @@ def resolve_meshes(
     faces = [f for _, f in meshes]
     index = {name: s for s, name in enumerate(names)}
     applicable = [r for r in rules if r.a in index and r.b in index]
+    # A rule whose last check moved nothing is skipped while neither of its meshes changes (the
+    # check would move nothing again); every move raises its mesh's version.
+    version = [0] * len(verts)
+    clean: dict[int, tuple[int, int]] = {}
     moved_per_round = []
     for _ in range(rounds):
         moved = 0
-        for rule in applicable:
+        for r, rule in enumerate(applicable):
             a, b = index[rule.a], index[rule.b]
-            if rule.kind == "disjoint":
-                moved += _push(verts[a], (verts[b], faces[b]), False, margin_mm)
-                moved += _push(verts[b], (verts[a], faces[a]), False, margin_mm)
-            else:
-                moved += _push(verts[a], (verts[b], faces[b]), True, margin_mm)
+            if clean.get(r) == (version[a], version[b]):
+                continue
+            moved_a = _push(verts[a], (verts[b], faces[b]), rule.kind == "inside", margin_mm)
+            version[a] += moved_a > 0
+            moved_b = _push(verts[b], (verts[a], faces[a]), False, margin_mm) if rule.kind == "disjoint" else 0
+            version[b] += moved_b > 0
+            if moved_a + moved_b == 0:
+                clean[r] = (version[a], version[b])
+            moved += moved_a + moved_b
         moved_per_round.append(moved)
         if moved == 0:
             break
