@@ -23,16 +23,13 @@ import torch
 from cardiocore.errors import CardioInputError
 from cardiocore.geometry.mesh import ArrayLike, as_mesh, is_closed_and_oriented
 from cardiocore.geometry.grid import checked_matrix
+from cardiocore.geometry.rays import PAIR_CHUNK, RAY_OFFSET, ProjectedFaces, crossing_depths
 from cardiocore.geometry.winding import Method, occupancy
 
 VoxelMethod = Literal["auto", "rays", "exact", "fast", "smooth"]
 
-# Ray origins sit this far (voxels) off the lattice in I and J so that a ray through a mesh
-# vertex placed exactly on a lattice line is practically impossible; rays through a shared edge
-# are counted once by the tie rule of _crossings.
-_RAY_OFFSET = (3.1e-7, 1.7e-7)
 # Largest number of (face, ray) candidates, or of cells of the count array, handled at once.
-_CHUNK = 1 << 22
+_CHUNK = PAIR_CHUNK
 
 
 def _as_affine(ijk_to_ras: ArrayLike, like: torch.Tensor) -> torch.Tensor:
@@ -63,25 +60,18 @@ def _crossings(
     (C,) int8, +1 when the ray leaves the mesh there (for a mesh oriented outward in a
     right-handed index space).
 
-    A ray exactly on an edge shared by two faces is decided by the sign of one edge function
-    computed from the edge's lower-numbered vertex in both faces, so it crosses exactly one
-    of them (or both with opposite signs where the surface folds over); faces seen edge-on are
-    never crossed.
+    Edges shared by two faces and faces seen edge-on follow the rules of
+    :mod:`cardiocore.geometry.rays`; ray origins sit ``RAY_OFFSET`` voxels off the lattice in I and J.
     """
     device = ijk.device
-    plane = ijk[:, :2] - torch.tensor(_RAY_OFFSET, dtype=ijk.dtype, device=device)
-    corners = plane[faces]  # (F, 3, 2)
-    edge_u, edge_v = faces, faces.roll(-1, dims=1)  # edges a->b, b->c, c->a
-    low_end, high_end = torch.minimum(edge_u, edge_v), torch.maximum(edge_u, edge_v)
-    forward = torch.where(edge_u == low_end, 1, -1).to(torch.int8)  # (F, 3)
-    ab, ac = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
-    orientation = torch.sign(ab[:, 0] * ac[:, 1] - ab[:, 1] * ac[:, 0]).to(torch.int8)  # of cross(b - a, c - a)
+    projected = ProjectedFaces.project(ijk[:, :2] - torch.tensor(RAY_OFFSET, dtype=ijk.dtype, device=device), faces)
+    corners = projected.plane[faces]  # (F, 3, 2)
     origin = torch.tensor([box[0].start, box[1].start], device=device)
     lattice_low = torch.ceil(corners.amin(dim=1)).long().maximum(origin)
     lattice_high = torch.floor(corners.amax(dim=1)).long().minimum(origin + torch.tensor(
         [len(box[0]) - 1, len(box[1]) - 1], device=device))
     extent = (lattice_high - lattice_low + 1).clamp(min=0)
-    counts = torch.where(orientation != 0, extent[:, 0] * extent[:, 1], 0)
+    counts = torch.where(projected.orientation != 0, extent[:, 0] * extent[:, 1], 0)
     parts: list[tuple[torch.Tensor, ...]] = []
     totals = counts.cumsum(0)
     start = 0
@@ -97,19 +87,10 @@ def _crossings(
         rank = base + torch.arange(face.numel(), device=device) - (totals[face] - counts[face])
         width = extent[face, 1]
         ray = torch.stack([lattice_low[face, 0] + rank // width, lattice_low[face, 1] + rank % width], dim=1)
-        point = ray.to(ijk.dtype)
-        lo, hi = plane[low_end[face]], plane[high_end[face]]  # (C, 3, 2)
-        along, to_point = hi - lo, point[:, None, :] - lo
-        canonical = along[..., 0] * to_point[..., 1] - along[..., 1] * to_point[..., 0]  # (C, 3)
-        side = torch.where(canonical >= 0, 1, -1).to(torch.int8) * forward[face]
-        hit = (side == orientation[face, None]).all(dim=1)
-        face, ray, edge_values = face[hit], ray[hit], (canonical * forward[face].to(canonical.dtype))[hit]
-        # Barycentric weight of each corner: the edge function of the edge opposite it.
-        weights = edge_values.roll(-1, dims=1)  # corner a <- edge b->c, b <- c->a, c <- a->b
-        corner_depth = ijk[faces[face], 2]  # (C, 3); relative to corner a, exact on level faces
-        depth = corner_depth[:, 0] + (weights[:, 1:] * (corner_depth[:, 1:] - corner_depth[:, :1])).sum(dim=1) / (
-            weights.sum(dim=1))
-        parts.append((ray[:, 0] - box[0].start, ray[:, 1] - box[1].start, depth, orientation[face]))
+        hit, edge_values = projected.hits(face, ray.to(ijk.dtype))
+        face, ray, edge_values = face[hit], ray[hit], edge_values[hit]
+        depth = crossing_depths(ijk[:, 2], faces, face, edge_values)
+        parts.append((ray[:, 0] - box[0].start, ray[:, 1] - box[1].start, depth, projected.orientation[face]))
     if not parts:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
         return empty, empty, torch.zeros(0, dtype=ijk.dtype, device=device), empty.to(torch.int8)

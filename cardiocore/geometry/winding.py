@@ -32,7 +32,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from cardiocore.errors import CardioInputError
-from cardiocore.geometry.mesh import ArrayLike
+from cardiocore.geometry.mesh import ArrayLike, is_closed_and_oriented
+from cardiocore.geometry.rays import ray_winding_numbers
 from cardiocore.geometry.solid_angle import (
     FOUR_PI,
     PAIR_BUDGET,
@@ -75,7 +76,7 @@ DEFAULT_SHARPNESS = 10.0
 #: ``method="auto"`` uses the tree for hard occupancy once points x faces exceeds this.
 AUTO_FAST_PAIRS = 1 << 24
 
-Method = Literal["auto", "exact", "fast", "smooth"]
+Method = Literal["auto", "exact", "fast", "smooth", "rays"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,10 +272,13 @@ def occupancy(
         soft: return sigmoid(k (w - 1/2)) (float, differentiable) instead of w > 1/2 (bool).
         sharpness: k, see :data:`DEFAULT_SHARPNESS`.
         method: which w: ``"exact"`` (:func:`winding_number`), ``"fast"``
-            (:func:`fast_winding_number`), ``"smooth"`` (:func:`smooth_winding_number`) or
+            (:func:`fast_winding_number`), ``"smooth"`` (:func:`smooth_winding_number`),
+            ``"rays"`` (hard labels of one closed, consistently oriented mesh: the exact w as a
+            signed count of ray crossings, :func:`cardiocore.geometry.rays.ray_winding_numbers`) or
             ``"auto"``: smooth for soft occupancy (the only one with useful gradients: the
             exact w of a closed mesh is constant off the surface); for hard labels, which
-            carry no gradient, fast when points x faces > AUTO_FAST_PAIRS, exact else.
+            carry no gradient, rays for one closed oriented mesh, otherwise fast when points x
+            faces > AUTO_FAST_PAIRS, exact else.
         smoothing: smoothing length (mm) of the smooth method.
         beta: accuracy parameter of the fast method.
         chunk_size: points per chunk of the exact and smooth methods.
@@ -283,9 +287,18 @@ def occupancy(
         (..., P) bool (hard) or float in (0, 1) (soft).
     """
     points_t, verts_t, faces_t = prepare_inputs(points, verts, faces)
-    if method == "auto":
+    one_mesh = points_t.dim() == 2 and verts_t.dim() == 2
+    if method == "rays" and (soft or not one_mesh or not is_closed_and_oriented(faces_t)):
+        raise CardioInputError("method", "'rays' gives hard labels of one closed, consistently oriented mesh",
+                               "use auto, exact or fast")
+    if method == "auto" and not soft and one_mesh and is_closed_and_oriented(faces_t):
+        method = "rays"
+    elif method == "auto":
         large = points_t.shape[-2] * faces_t.shape[0] > AUTO_FAST_PAIRS
         method = "smooth" if soft else ("fast" if large else "exact")
+    if method == "rays":
+        with torch.no_grad():
+            return ray_winding_numbers(points_t, verts_t, faces_t) > 0
     if method == "exact":
         w = _exact_winding(points_t, verts_t, faces_t, chunk_size)
     elif method == "fast":
@@ -294,7 +307,7 @@ def occupancy(
         w = _smooth_winding(points_t, verts_t, faces_t, smoothing, chunk_size)
     else:
         raise CardioInputError(
-            "method", f"unknown winding-number method {method!r}", "use auto, exact, fast or smooth"
+            "method", f"unknown winding-number method {method!r}", "use auto, exact, fast, smooth or rays"
         )
     if soft:
         return torch.sigmoid(sharpness * (w - 0.5))
