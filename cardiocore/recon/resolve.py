@@ -8,7 +8,8 @@ works on the finished meshes, and moves only the vertices that are wrong:
    meshes, the vertices that break it (``A disjoint B``: a vertex of A inside B or of B inside A;
    ``A inside B``: a vertex of A outside B) are moved to the nearest point of the other surface
    and ``margin_mm`` beyond it, on the allowed side. Inside/outside is the exact winding number
-   (:func:`cardiocore.geometry.winding.inside_mesh`), the nearest point the exact point-to-mesh
+   (:func:`cardiocore.geometry.winding.inside_mesh`; counted by ray crossings for closed meshes,
+   the solid-angle sum otherwise), the nearest point the exact point-to-mesh
    projection (:func:`cardiocore.geometry.distance.closest_points_on_mesh`).
 2. **Untangling** of each mesh (:func:`cardiocore.geometry.untangle.untangle`): the
    neighbourhoods of self-intersections are relaxed until none is left.
@@ -47,7 +48,7 @@ def _push(moving: torch.Tensor, other: Mesh, want_inside: bool, margin_mm: float
     """Move the vertices of ``moving`` (in place) that are on the wrong side of ``other`` to its
     surface plus ``margin_mm`` on the right side; returns how many moved."""
     verts, faces = other
-    inside = inside_mesh(moving, verts, faces, method="exact")
+    inside = inside_mesh(moving, verts, faces)
     wrong = inside if not want_inside else ~inside
     if not bool(wrong.any()):
         return 0
