@@ -141,6 +141,29 @@ def test_fine_tuning_starts_from_the_given_predictor(tiny_run, phantom_cases, tm
         train_predictor(phantom_cases, load_template(), tmp_path / "other", other)
 
 
+def test_fine_tuning_can_move_the_weights_onto_another_template(tiny_run, phantom_cases, tmp_path) -> None:
+    """``init_template=False``: the trained weights carry over onto the template given (here the
+    bundled one enlarged by 10 % with its vertices renumbered), which the network then deforms."""
+    trained, spec, out = tiny_run
+    base = load_template()
+    order = [torch.randperm(v.shape[0], generator=torch.Generator().manual_seed(s)) for s, v in enumerate(base.verts)]
+    rank = [torch.argsort(o) for o in order]
+    other = dataclasses.replace(base, verts=tuple(1.1 * v[o] for v, o in zip(base.verts, order, strict=True)),
+                                faces=tuple(r[f] for f, r in zip(base.faces, rank, strict=True)))
+    tuned_spec = dataclasses.replace(spec, steps=2, lr=0.0, val_images=1, init=str(out / "model.pt"),
+                                     init_template=False)
+    tuned = train_predictor(phantom_cases, other, tmp_path / "moved", tuned_spec)
+    for key, value in trained.predictor.net.state_dict().items():
+        assert torch.equal(tuned.predictor.net.state_dict()[key], value), key
+    expected = torch.cat(other.subset(trained.predictor.names).verts)
+    assert torch.allclose(tuned.predictor.net.template, expected - expected.mean(dim=0))
+    assert all(torch.equal(a, b) for a, b in zip(tuned.predictor.template_faces,
+                                                 other.subset(trained.predictor.names).faces, strict=True))
+    assert tuned.predictor.card["settings"]["init_template"] is False
+    reloaded = MeshPredictor.load(tmp_path / "moved" / "model.pt")
+    assert torch.equal(reloaded.net.template, tuned.predictor.net.template)
+
+
 def test_predictions_follow_the_image_in_ras(tiny_run) -> None:
     """The same voxels under a matrix shifted by T give meshes shifted by exactly T (the frame is
     centred on the field of view), on an oblique anisotropic grid."""

@@ -132,7 +132,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     net = PredictNetSpec(grid_size=args.grid_size, spacing_mm=args.spacing_mm)
     spec = PredictTrainingSpec(net=net, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                               init=args.init or "", device=args.device)
+                               init=args.init or "", init_template=not (args.init and args.template),
+                               device=args.device)
     if args.elastic_mm is not None:
         spec.options = dataclasses.replace(spec.options, elastic_mm=args.elastic_mm)
     if args.no_mie:
@@ -261,7 +262,8 @@ def add_recon_commands(commands: Any) -> None:
     train.add_argument("--spacing-mm", type=float, default=3.0, help="network grid spacing, mm (default 3)")
     train.add_argument("--case-spacing-mm", type=float, default=1.0,
                        help="label maps are subsampled to this spacing for synthesis, mm (default 1)")
-    train.add_argument("--template", help="template .npz (default: the bundled one)")
+    train.add_argument("--template", help="template .npz (default: the bundled one; with --init, the initial "
+                                          "network's own template unless this is given)")
     train.add_argument("--no-mie", action="store_true", help="train without the MIE term (ablation)")
     train.add_argument("--elastic-mm", type=float,
                        help="SD of the random smooth shape deformation of the label maps, mm (default 4; 0: none)")

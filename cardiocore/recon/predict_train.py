@@ -87,7 +87,10 @@ class PredictTrainingSpec:
     val_images: fixed synthetic validation images (other seeds, training label maps).
     options: the image synthesis (default: 4 mm random shape deformations). seed: of the samples
     and of the initial weights. init: "" for seeded random initial weights, "bundled" or a model
-    file to start from a trained predictor. device: "auto", "cpu", "cuda".
+    file to start from a trained predictor. init_template: with ``init``, deform the initial
+    predictor's own template (True) or the template given to :func:`train_predictor` (False:
+    the initial weights carry over, since no weight depends on the template's vertices; e.g. to
+    move a trained network onto a repaired template). device: "auto", "cpu", "cuda".
     """
 
     net: PredictNetSpec = field(default_factory=PredictNetSpec)
@@ -101,6 +104,7 @@ class PredictTrainingSpec:
     options: SynthOptions = field(default_factory=lambda: SynthOptions(elastic_mm=4.0))
     seed: int = 0
     init: str = ""
+    init_template: bool = True
     device: str = "auto"
 
     def run_config(self) -> dict[str, Any]:
@@ -320,7 +324,8 @@ def train_predictor(
     Args:
         cases: training label maps (:func:`cardiocore.recon.synth.load_cases`).
         template: the template to deform (its structures must be the cases' structures); with
-            ``spec.init`` the initial predictor's own template is used instead.
+            ``spec.init`` and ``spec.init_template`` the initial predictor's own template is used
+            instead.
         out_dir: checkpoints (``out_dir/checkpoints``) and the result ``out_dir/model.pt``.
         spec: the settings (default :class:`PredictTrainingSpec`).
         name, data_description, data_license: for the model card.
@@ -344,9 +349,13 @@ def train_predictor(
     missing = [n for n in names if n not in template.names]
     if missing:
         raise CardioInputError("template", f"lacks the structures {missing} of the label maps")
-    if spec.init:
+    if spec.init and spec.init_template:
         predictor = initial_predictor(spec.init, spec.net, names)
         template = predictor.template()
+    elif spec.init:
+        template = template.subset(names)
+        predictor = MeshPredictor.create(spec.net, template)
+        predictor.net.load_state_dict(initial_predictor(spec.init, spec.net, names).net.state_dict())
     else:
         template = template.subset(names)
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
