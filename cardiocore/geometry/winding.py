@@ -16,7 +16,9 @@ Three ways to compute it:
   CardioReconstruct). The exact w of a closed mesh is piecewise constant, so its gradient vanishes
   everywhere off the surface; this smooth version has useful gradients near the surface.
 
-:func:`occupancy` turns any of them into inside/outside labels (hard) or a sigmoid (soft).
+:func:`occupancy` turns any of them into inside/outside labels (hard) or a sigmoid (soft); hard
+labels of a closed, consistently oriented mesh are counted exactly by ray crossings instead
+(:mod:`cardiocore.geometry.rays`).
 Coordinates are in mm; all functions take numpy arrays or tensors and run on the device of
 ``verts``.
 """
