@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from cardiocore.geometry.distance import closest_points_on_mesh
+from cardiocore.geometry.mesh import is_closed_and_oriented
 from cardiocore.geometry.untangle import untangle
 from cardiocore.geometry.winding import inside_mesh
 from cardiocore.recon.rules import Rule
@@ -48,7 +49,7 @@ def _push(moving: torch.Tensor, other: Mesh, want_inside: bool, margin_mm: float
     """Move the vertices of ``moving`` (in place) that are on the wrong side of ``other`` to its
     surface plus ``margin_mm`` on the right side; returns how many moved."""
     verts, faces = other
-    inside = inside_mesh(moving, verts, faces)
+    inside = inside_mesh(moving, verts, faces, method="rays" if is_closed_and_oriented(faces) else "exact")
     wrong = inside if not want_inside else ~inside
     if not bool(wrong.any()):
         return 0
