@@ -182,6 +182,18 @@ def test_predict_with_reference_labels_and_cancel(app) -> None:
             reconstruct_from_volume(node, predictor=predictor, should_stop=stop, **QUICK)
     assert len(calls) == 2 and scene.GetNumberOfNodes() == count
 
+    # Refinement polls should_stop at every step: Cancel answers within a step, not after the fit.
+    polls = []
+
+    def stop_during_refinement() -> bool:
+        polls.append(1)
+        return len(polls) > 4
+
+    with pytest.raises(ReconstructionCancelled):
+        reconstruct_from_volume(node, predictor=predictor, should_stop=stop_during_refinement, refine_steps=500,
+                                **QUICK)
+    assert 4 < len(polls) < 20 and scene.GetNumberOfNodes() == count
+
 
 def test_predict_bad_input_names_it_and_adds_nothing(app, tmp_path) -> None:
     predictor = MODULE.tiny_predictor()
@@ -240,6 +252,11 @@ def test_cli_predict_writes_files_and_refuses_to_overwrite(app, tmp_path, capsys
     assert all(math.isfinite(m["dice"]) for m in metrics["structures"].values())
     printed = capsys.readouterr().out
     assert "lv_cavity disjoint rv" in printed and "metrics.json written to" in printed
+
+    assert cardio([*argv, "--overwrite", "--refine-steps", "3"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["refine_steps"] == 3
+    assert cardio([*argv, "--overwrite", "--refine-steps", "-1"]) == 2
+    assert "refine steps: must be 0 (no refinement) or more" in capsys.readouterr().err
 
     stamp = (out / "metrics.json").stat().st_mtime_ns
     assert cardio(argv) == 2  # never overwrites without --overwrite

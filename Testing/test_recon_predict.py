@@ -235,11 +235,15 @@ def test_bench_predict_prints_speed_and_held_out_dice_with_targets(tiny_run, tmp
     report = tmp_path / "bench.json"
     assert cardio_main(["bench", "recon", "--predict-only", "--quick", "--model", str(tiny_run[2] / "model.pt"),
                         "--held-out", f"{labels}@default", "--eval-images", "1", "--case-spacing-mm", "1.8",
-                        "--device", "cpu", "--json", str(report)]) == 0
+                        "--device", "cpu", "--refine-steps", "2", "--json", str(report)]) == 0
     printed = capsys.readouterr().out
     assert "phantom 128^3" in printed and "worst_chamber_dice" in printed
     figures = json.loads(report.read_text())
-    (speed,) = figures["predict_speed"]
-    assert speed["target_s"] == 30.0 and speed["median_s"] > 0 and speed["meets"] == (speed["median_s"] <= 30.0)
-    summary = figures["predict_held_out"]["summary"]
-    assert summary["dice_target"] == 0.85 and 0.0 <= summary["worst_chamber_dice"] <= 1.0
+    plain, refined = figures["predict_speed"]
+    for speed in (plain, refined):
+        assert speed["target_s"] == 30.0 and speed["median_s"] > 0 and speed["meets"] == (speed["median_s"] <= 30.0)
+    assert (plain["refine_steps"], refined["refine_steps"]) == (0, 2) and refined["refine_s"] > plain["refine_s"]
+    for key, steps in (("predict_held_out", 0), ("predict_held_out_refined", 2)):
+        summary = figures[key]["summary"]
+        assert summary["dice_target"] == 0.85 and 0.0 <= summary["worst_chamber_dice"] <= 1.0
+        assert summary["refine_steps"] == steps

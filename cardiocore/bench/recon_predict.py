@@ -8,7 +8,8 @@ normalisation, the network, meshes to RAS) on
 - a 512 x 512 x 300 float32 image at 0.5 x 0.5 x 0.6 mm (noise: only time and memory count), the
   issue's memory case.
 
-Each is timed ``repeats`` times after one warm-up call (median reported, seconds); ``peak_rss_mb``
+With ``refine_steps`` > 0 the same calls refine the meshes against the network's segmentation
+(:mod:`cardiocore.recon.refine`) first. Each is timed ``repeats`` times after one warm-up call (median reported, seconds); ``peak_rss_mb``
 is the growth of the process's peak resident memory during the calls (MB, Linux ``ru_maxrss``),
 on top of the input array itself.
 
@@ -63,24 +64,24 @@ def _large_image(shape: tuple[int, int, int], spacing_mm: Sequence[float]) -> tu
 
 
 def _timed(predictor: MeshPredictor, image: np.ndarray, ijk_to_ras: np.ndarray,
-           repeats: int) -> tuple[float, float, dict[str, float]]:
+           repeats: int, refine_steps: int) -> tuple[float, float, dict[str, float]]:
     """Median seconds of ``repeats`` predictions after a warm-up, the peak RSS growth (MB), and
-    the last call's seconds per stage (resampling, network, resolution)."""
+    the last call's seconds per stage (resampling, network, refinement, resolution)."""
     before = _peak_rss_mb()
-    predict_meshes(image, ijk_to_ras, predictor)
+    predict_meshes(image, ijk_to_ras, predictor, refine_steps=refine_steps)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        result, _ = predict_meshes(image, ijk_to_ras, predictor)
+        result, _ = predict_meshes(image, ijk_to_ras, predictor, refine_steps=refine_steps)
         if next(predictor.net.parameters()).is_cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     stages = {"resample": result.seconds["prepare"], "network": result.seconds["optimise"],
-              "resolve": result.seconds["resolve"]}
+              "refine": result.seconds["refine"], "resolve": result.seconds["resolve"]}
     return statistics.median(times), _peak_rss_mb() - before, stages
 
 
-def predict_speed_rows(predictor: MeshPredictor, repeats: int = 3, large: bool = True,
+def predict_speed_rows(predictor: MeshPredictor, repeats: int = 3, large: bool = True, refine_steps: int = 0,
                        progress: Callable[[str], None] = print) -> list[Row]:
     """The speed and memory rows of the module docstring, on the predictor's device."""
     device = next(predictor.net.parameters()).device
@@ -90,10 +91,11 @@ def predict_speed_rows(predictor: MeshPredictor, repeats: int = 3, large: bool =
         cases.append(("noise 512x512x300 @ 0.5x0.5x0.6 mm", lambda: _large_image((512, 512, 300), (0.5, 0.5, 0.6))))
     rows = []
     for name, make in cases:
-        progress(f"predict speed: {name} ...")
+        progress(f"predict speed: {name}" + (f", refined {refine_steps} steps" if refine_steps else "") + " ...")
         image, matrix = make()
-        seconds, grown, stages = _timed(predictor, image, matrix, repeats)
-        rows.append({"input": name, "device": str(device), "threads": torch.get_num_threads(),
+        seconds, grown, stages = _timed(predictor, image, matrix, repeats, refine_steps)
+        rows.append({"input": name, "refine_steps": refine_steps, "device": str(device),
+                     "threads": torch.get_num_threads(),
                      "median_s": seconds, "target_s": target,
                      "meets": None if target is None else seconds <= target,
                      "input_mb": image.nbytes / 2**20, "peak_rss_growth_mb": grown,
@@ -105,10 +107,11 @@ def predict_speed_rows(predictor: MeshPredictor, repeats: int = 3, large: bool =
 
 
 def predict_accuracy_rows(predictor: MeshPredictor, cases: Sequence[LabelCase], images_per_case: int = 4,
-                          progress: Callable[[str], None] = print) -> tuple[list[Row], Row]:
+                          refine_steps: int = 0, progress: Callable[[str], None] = print) -> tuple[list[Row], Row]:
     """Per-image rows on held-out label maps and a summary row with the chamber Dice target."""
-    rows = evaluate_on_synthetic(predictor, cases, images_per_case=images_per_case, progress=progress)
-    summary: Row = {"case": "median", **summarise(rows, predictor.names)}
+    rows = evaluate_on_synthetic(predictor, cases, images_per_case=images_per_case, refine_steps=refine_steps,
+                                 progress=progress)
+    summary: Row = {"case": "median", "refine_steps": refine_steps, **summarise(rows, predictor.names)}
     chambers = [summary[f"median_dice_{n}"] for n in CHAMBERS if f"median_dice_{n}" in summary]
     summary["worst_chamber_dice"] = min(chambers) if chambers else float("nan")
     summary["dice_target"] = PREDICT_DICE_TARGET

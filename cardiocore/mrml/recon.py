@@ -546,6 +546,7 @@ def reconstruct_from_volume(
     rules: RuleSpec = None,
     device: str | torch.device = "auto",
     centre_ras: Sequence[float] | None = None,
+    refine_steps: int = 0,
     vr_points: int = VR_POINTS,
     svr_points: int = SVR_POINTS,
     seed: int = 0,
@@ -570,8 +571,11 @@ def reconstruct_from_volume(
         rules: the rule set and label coding (default: the seven-structure cardiac set).
         device: where the network runs when it is loaded here ("auto": CUDA when available).
         centre_ras: (3,) RAS mm centre of the network's field of view (default the image centre).
+        refine_steps: when > 0, refine the predicted meshes against the network's own
+            segmentation for that many fit steps (:mod:`cardiocore.recon.refine`; seconds more).
         vr_points, svr_points, seed: quality sampling (:func:`measure_quality`).
-        progress: ``progress(fraction, message)``; should_stop: polled before and after the network.
+        progress: ``progress(fraction, message)``; should_stop: polled before and after the network
+            and at every refinement step.
         folder_name: subject-hierarchy folder name (default "CardioReconstruct <volume name>").
 
     Returns:
@@ -600,7 +604,8 @@ def reconstruct_from_volume(
 
     try:
         result, warnings = predict_meshes(image, ijk_to_ras, predictor, centre_ras=centre_ras,
-                                          structures=structures, progress=net_progress)
+                                          structures=structures, refine_steps=refine_steps,
+                                          progress=net_progress, should_stop=should_stop)
     except VolumeError as error:  # the checks call the array "image": name the node instead
         raise VolumeError(what, error.problem, error.hint) from error
     if _stopped(should_stop):
@@ -617,6 +622,7 @@ def reconstruct_from_volume(
         "missing": list(result.missing),
         "warnings": list(warnings),
         "model": str(model_path) if model_path else predictor.card.get("name", "unnamed model"),
+        "refine_steps": int(refine_steps),
         "device": str(next(predictor.net.parameters()).device),
         "seconds": {f"predict_{k}": v for k, v in result.seconds.items()},
     }
@@ -838,6 +844,7 @@ def predict_image_file(
     device: str = "auto",
     overwrite: bool = False,
     centre_ras: Sequence[float] | None = None,
+    refine_steps: int = 0,
     vr_points: int = VR_POINTS,
     svr_points: int = SVR_POINTS,
     progress: ProgressFn | None = None,
@@ -872,7 +879,7 @@ def predict_image_file(
     with _file_nodes(*files) as read:
         nodes = reconstruct_from_volume(read[0], predictor=predictor, rules=rules,
                                         reference_labels=read[1] if labels_path else None, centre_ras=centre_ras,
-                                        vr_points=vr_points, svr_points=svr_points, progress=progress)
+                                        refine_steps=refine_steps, vr_points=vr_points, svr_points=svr_points, progress=progress)
     inputs = {"image": str(Path(image_path).resolve()),
               "model": str(Path(model).expanduser().resolve()) if model else BUNDLED_PREDICTOR}
     if labels_path:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from cardiocore.errors import CardioInputError, VolumeError, WeightsError
 from cardiocore.geometry.grid import checked_matrix
 from cardiocore.recon.fit import FitResult
 from cardiocore.recon.predict_net import MeshPredictionNet, PredictNetSpec
-from cardiocore.recon.resolve import resolve_meshes
+from cardiocore.recon.refine import refine_to_segmentation
+from cardiocore.recon.resolve import Mesh, ResolveReport, resolve_meshes
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.template import HeartTemplate
 from cardiocore.train.device import select_device
@@ -135,15 +136,93 @@ def load_predictor(model_path: str | os.PathLike | None = None, device: str | to
     return MeshPredictor.from_bundled(device=str(device))
 
 
-def run_network(predictor: MeshPredictor, grid: torch.Tensor, frame_to_ras: np.ndarray) -> torch.Tensor:
-    """The network's vertices (V, 3) float32, RAS mm, for one frame image ``grid`` (D, D, D)
-    whose frame ``frame_to_ras`` (4, 4) places in RAS (eval mode, no gradients)."""
+class NetworkOutput(NamedTuple):
+    """What the network says about one image, in RAS.
+
+    verts: (V, 3) float32 RAS mm, the decoder's vertices (all structures, template order).
+    labels: (D, D, D) int64 structure index of the segmentation head (argmax; 0 background,
+        s + 1 for structure s of the predictor's names), on the network grid.
+    labels_ijk_to_ras: (4, 4) float64 voxel-to-RAS matrix of ``labels``, mm.
+    """
+
+    verts: torch.Tensor
+    labels: np.ndarray
+    labels_ijk_to_ras: np.ndarray
+
+
+def run_network(predictor: MeshPredictor, grid: torch.Tensor, frame_to_ras: np.ndarray) -> NetworkOutput:
+    """The network's output for one frame image ``grid`` (D, D, D) whose frame ``frame_to_ras``
+    (4, 4) places in RAS (eval mode, no gradients)."""
+    from cardiocore.recon.synth import frame_grid_matrix
+
     device = next(predictor.net.parameters()).device
     predictor.net.eval()
     with torch.no_grad():
         output = predictor.net(grid.to(device=device, dtype=torch.float32)[None, None])
     transform = torch.as_tensor(frame_to_ras, dtype=torch.float64)
-    return (output.stages[-1][0].double().cpu() @ transform[:3, :3].T + transform[:3, 3]).float()
+    verts = (output.stages[-1][0].double().cpu() @ transform[:3, :3].T + transform[:3, 3]).float()
+    labels = output.logits[0].argmax(dim=0).cpu().numpy()
+    spec = predictor.spec
+    return NetworkOutput(verts, labels, np.asarray(frame_to_ras, dtype=np.float64) @ frame_grid_matrix(
+        spec.grid_size, spec.spacing_mm))
+
+
+class FinishedMeshes(NamedTuple):
+    """Predict mode's meshes after refinement and resolution.
+
+    meshes: per kept structure (vertices (V_s, 3) float32 RAS mm, faces (F_s, 3) int64).
+    report: what the resolution step did (None without it).
+    seconds: wall time of ``"refine"`` and ``"resolve"``.
+    unrefined: kept structures the refinement left as the network drew them (absent from the
+        network's segmentation); empty without refinement.
+    """
+
+    meshes: list[Mesh]
+    report: ResolveReport | None
+    seconds: dict[str, float]
+    unrefined: tuple[str, ...]
+
+
+def finish_meshes(
+    predictor: MeshPredictor,
+    output: NetworkOutput,
+    keep: Sequence[str],
+    *,
+    refine_steps: int = 0,
+    resolve: bool = True,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FinishedMeshes:
+    """The meshes of the structures ``keep`` (in predictor order) from the network's output:
+    refined against the network's segmentation for ``refine_steps`` steps when > 0
+    (:func:`cardiocore.recon.refine.refine_to_segmentation`; ``should_stop`` ends it early), then
+    resolved by the default rules between the known structures when ``resolve``."""
+    if refine_steps < 0:
+        raise CardioInputError("refine steps", f"must be 0 (no refinement) or more, got {refine_steps}")
+    t_start = time.perf_counter()
+    meshes = list(zip(output.verts.split(predictor.net.sizes), predictor.template_faces, strict=True))
+    names = [n for n in predictor.names if n in keep]
+    unrefined: tuple[str, ...] = ()
+    if refine_steps > 0:
+        def step_progress(step: int, steps: int) -> None:
+            if progress:
+                progress(0.8 * step / steps, f"refining against the network's segmentation: step {step}/{steps}")
+
+        meshes, refined = refine_to_segmentation(meshes, predictor.names, output.labels, output.labels_ijk_to_ras,
+                                                 steps=refine_steps, device=next(predictor.net.parameters()).device,
+                                                 progress=step_progress, should_stop=should_stop)
+        unrefined = tuple(n for n in names if n not in refined)
+    t_refined = time.perf_counter()
+    kept = [m for n, m in zip(predictor.names, meshes, strict=True) if n in keep]
+    report = None
+    if resolve:
+        if progress:
+            progress(0.8, "separating the structures and untangling the meshes")
+        default = RuleSet.default()
+        known = [n for n in names if n in default.names]
+        kept, report = resolve_meshes(kept, names, default.subset(known).rules if known else [])
+    return FinishedMeshes(kept, report, {"refine": t_refined - t_start, "resolve": time.perf_counter() - t_refined},
+                          unrefined)
 
 
 def _check_image(image: np.ndarray | torch.Tensor, ijk_to_ras: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -169,7 +248,9 @@ def predict_meshes(
     centre_ras: Sequence[float] | None = None,
     structures: Sequence[str] | None = None,
     resolve: bool = True,
+    refine_steps: int = 0,
     progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[FitResult, list[str]]:
     """Predict the heart meshes of one image.
 
@@ -182,7 +263,10 @@ def predict_meshes(
         structures: the structures to return (default all of the predictor's).
         resolve: finish with :func:`cardiocore.recon.resolve.resolve_meshes` (violations of the
             default rules between the returned structures pushed out, self-intersections untangled).
-        progress: ``progress(fraction, message)``.
+        refine_steps: when > 0, first refine the meshes against the network's own segmentation
+            for that many fit steps (:mod:`cardiocore.recon.refine`: slower, closer to the image).
+        progress: ``progress(fraction, message)``; should_stop: polled by the refinement (True
+            ends it early, and the meshes are those reached so far).
 
     Returns:
         The meshes (RAS mm, template topology) as a :class:`FitResult` whose ``missing`` lists
@@ -211,29 +295,29 @@ def predict_meshes(
     t_resampled = time.perf_counter()
     if progress:
         progress(0.3, "running the network")
-    ras = run_network(predictor, grid, frame_to_ras)
+    output = run_network(predictor, grid, frame_to_ras)
     t_predicted = time.perf_counter()
-    per_structure = dict(zip(predictor.names, ras.split(predictor.net.sizes), strict=True))
-    faces = dict(zip(predictor.names, predictor.template_faces, strict=True))
-    meshes = [(per_structure[n], faces[n]) for n in keep]
-    report = None
-    if resolve:
+
+
+    def finish_progress(fraction: float, message: str) -> None:
         if progress:
-            progress(0.8, "separating the structures and untangling the meshes")
-        default = RuleSet.default()
-        known = [n for n in keep if n in default.names]
-        meshes, report = resolve_meshes(meshes, keep, default.subset(known).rules if known else [])
+            progress(0.35 + 0.6 * fraction, message)
+
+    finished = finish_meshes(predictor, output, keep, refine_steps=refine_steps, resolve=resolve,
+                             progress=finish_progress, should_stop=should_stop)
+    if finished.unrefined:
+        warnings.append(f"not refined (absent from the network's segmentation): {', '.join(finished.unrefined)}")
     t_end = time.perf_counter()
     if progress:
         progress(1.0, "done")
     result = FitResult(
         names=tuple(keep),
-        verts=tuple(v for v, _ in meshes),
-        faces=tuple(f for _, f in meshes),
+        verts=tuple(v for v, _ in finished.meshes),
+        faces=tuple(f for _, f in finished.meshes),
         missing=unknown,
         seconds={"prepare": t_resampled - t_start, "initialise": 0.0, "optimise": t_predicted - t_resampled,
-                 "resolve": t_end - t_predicted, "total": t_end - t_start},
+                 **finished.seconds, "total": t_end - t_start},
         initial_affine=frame_to_ras,
-        resolved=report,
+        resolved=finished.report,
     )
     return result, warnings

@@ -2,9 +2,10 @@
 
 For each label map and image: a synthetic image with a random pose and contrast
 (:func:`cardiocore.recon.synth.synthesize_sample`, seeds disjoint from training's), the
-network's meshes mapped to RAS and resolved as Predict mode does
-(:func:`cardiocore.recon.resolve.resolve_meshes`, unless ``resolve=False``), and :func:`cardiocore.recon.evaluate.evaluate_meshes` against the
-label map (Dice, HD95, Chamfer, VR per rule, self-intersections). The figures are therefore on
+network's meshes mapped to RAS and finished as Predict mode does
+(:func:`cardiocore.recon.predict.finish_meshes`: refined against the network's segmentation
+when ``refine_steps`` > 0, resolved unless ``resolve=False``), and
+:func:`cardiocore.recon.evaluate.evaluate_meshes` against the label map (Dice, HD95, Chamfer, VR per rule, self-intersections). The figures are therefore on
 images the network never saw; they are held out by label map only when the label maps are.
 """
 
@@ -18,8 +19,7 @@ from typing import Any
 import torch
 
 from cardiocore.recon.evaluate import evaluate_meshes
-from cardiocore.recon.predict import MeshPredictor, run_network
-from cardiocore.recon.resolve import resolve_meshes
+from cardiocore.recon.predict import MeshPredictor, finish_meshes, run_network
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.synth import LabelCase, SynthOptions, synthesize_sample
 
@@ -35,11 +35,12 @@ def evaluate_on_synthetic(
     options: SynthOptions | None = None,
     vr_points: int = 20_000,
     resolve: bool = True,
+    refine_steps: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per image: ``case``, ``image``, ``dice_<structure>``, ``hd95_mm_<structure>``,
     ``chamfer_mm`` (mean over structures), ``max_vr_percent``, ``self_intersections`` (sum),
-    ``seconds`` (network and resolution time)."""
+    ``seconds`` (network, refinement and resolution time)."""
     spec = predictor.spec
     rules = RuleSet.default().subset(predictor.names)
     label_of = {name: s + 1 for s, name in enumerate(predictor.names)}
@@ -49,13 +50,11 @@ def evaluate_on_synthetic(
             generator = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed * 10_007 + c * 101 + k)
             sample = synthesize_sample(case, spec.grid_size, spec.spacing_mm, generator, options or SynthOptions())
             start = time.perf_counter()
-            parts = run_network(predictor, sample.image, sample.frame_to_ras).split(predictor.net.sizes)
-            meshes = {name: (parts[s], predictor.template_faces[s]) for s, name in enumerate(predictor.names)}
-            present = {n: m for n, m in meshes.items() if case.surfaces[label_of[n] - 1].shape[0] > 0}
-            if resolve:
-                resolved, _ = resolve_meshes(list(present.values()), list(present), rules.subset(present).rules)
-                present = dict(zip(present, resolved, strict=True))
+            output = run_network(predictor, sample.image, sample.frame_to_ras)
+            present = [n for n in predictor.names if case.surfaces[label_of[n] - 1].shape[0] > 0]
+            meshes = finish_meshes(predictor, output, present, refine_steps=refine_steps, resolve=resolve).meshes
             seconds = time.perf_counter() - start
+            present = dict(zip(present, meshes, strict=True))
             metrics = evaluate_meshes(present, case.index, case.ijk_to_ras, label_of, rules, vr_points=vr_points)
             row: dict[str, Any] = {"case": case.name, "image": k}
             for name, values in metrics.structures.items():

@@ -215,8 +215,13 @@ class RuleSet:
         """The seven cardiac structures with the labels 1..7 of
         :func:`cardiocore.phantoms.heart.heart_label_phantom` (LV cavity 1, LV myocardium 2,
         RV 3, LA 4, RA 5, aorta 6, pulmonary artery 7) and all pairs disjoint."""
-        structures = _default_structures()
-        return cls(structures, _all_disjoint([s.name for s in structures]))
+        return cls.label_map(_default_structures())
+
+    @classmethod
+    def label_map(cls, structures: Sequence[Structure]) -> RuleSet:
+        """``structures`` with every pair disjoint: the rules a label map implies (each voxel
+        has one label)."""
+        return cls(tuple(structures), _all_disjoint([s.name for s in structures]))
 
     @classmethod
     def mmwhs(cls, reindexed: bool = False) -> RuleSet:
@@ -230,8 +235,7 @@ class RuleSet:
         codes = {_identifier(s.name): s.mmwhs_label for s in HEART_STRUCTURES}
         if reindexed:
             codes = {name: rank + 1 for rank, name in enumerate(sorted(codes, key=codes.__getitem__))}
-        structures = _default_structures(codes)
-        return cls(structures, _all_disjoint([s.name for s in structures]))
+        return cls.label_map(_default_structures(codes))
 
     @classmethod
     def from_json(cls, source: str | os.PathLike | Mapping[str, Any]) -> RuleSet:

@@ -208,6 +208,14 @@ def frame_grid_points(size: int, spacing_mm: float) -> torch.Tensor:
     return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).float()
 
 
+def frame_grid_matrix(size: int, spacing_mm: float) -> np.ndarray:
+    """(4, 4) float64 matrix from voxel index (i, j, k) of the frame grid to frame mm."""
+    _checked_frame(size, spacing_mm)
+    matrix = np.diag([float(spacing_mm)] * 3 + [1.0])
+    matrix[:3, 3] = -(int(size) - 1) / 2.0 * spacing_mm
+    return matrix
+
+
 @dataclass(frozen=True)
 class FrameWarp:
     """A smooth deformation of the frame: frame point ``p`` reads the label map at ``p + d(p)``.

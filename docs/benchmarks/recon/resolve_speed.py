@@ -37,7 +37,7 @@ for k in range(4):
     generator = torch.Generator().manual_seed(EVAL_SEED_OFFSET + k)
     sample = synthesize_sample(case, predictor.spec.grid_size, predictor.spec.spacing_mm, generator, SynthOptions())
     raw = run_network(predictor, sample.image, sample.frame_to_ras)
-    meshes = list(zip(raw.split(predictor.net.sizes), predictor.template_faces, strict=True))
+    meshes = list(zip(raw.verts.split(predictor.net.sizes), predictor.template_faces, strict=True))
     times = []
     for _ in range(3):
         start = time.perf_counter()

@@ -1,0 +1,105 @@
+"""Refinement of Predict mode's meshes against the network's own segmentation.
+
+The Predict network has two heads over one U-Net: a segmentation head (per-voxel structure
+logits on its grid) and the graph decoder that deforms the template. On held-out images the
+decoder's thin structures are its weak point (the LV myocardium above all), while the
+segmentation head, trained on the same images, traces them better. Refinement takes the head's
+label map (argmax over structures, on the network grid) as a fit target and runs
+:func:`cardiocore.recon.fit.fit_template` from the predicted meshes: the same occupancy,
+surface, MIE, Laplacian and normal terms as Fit mode (the last two weighted more,
+:data:`REFINE_WEIGHTS`), so the meshes keep the template topology and stay smooth, only pulled
+onto the head's boundaries. It costs a short fit (tens of steps)
+instead of a forward pass; ``cardio bench recon --predict-only --refine-steps N`` measures both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from cardiocore.errors import CardioInputError
+from cardiocore.recon.fit import FitWeights, fit_template
+from cardiocore.recon.resolve import Mesh
+from cardiocore.recon.rules import RuleSet, Structure
+from cardiocore.recon.template import HeartTemplate
+
+DEFAULT_REFINE_STEPS = 60
+"""Optimisation steps of a refinement (coarse 30 %, then fine)."""
+
+REFINE_WEIGHTS = FitWeights(laplacian=2.0, normal=10.0)
+"""Loss weights of a refinement: Fit mode's, with 10x the Laplacian and normal-consistency
+weights. The target is an argmax segmentation on 3 mm voxels, blockier and noisier than a
+user's label map; with Fit's own weights the atria and great vessels folded (up to 49
+self-intersecting face pairs left after the resolution step on 3 of 8 held-out images), with
+these none did on the images checked, at the same Dice (``docs/benchmarks/recon/refine-1.2.0.txt``)."""
+
+MIN_VOXELS = 20
+"""Structures with fewer voxels in the segmentation are not refined (nothing to fit to)."""
+
+_GREY = (128, 128, 128)
+
+
+def segmentation_rule_set(names: Sequence[str]) -> RuleSet:
+    """The rule set of a network segmentation over ``names``: structure ``names[s]`` has label
+    ``s + 1`` (0 is background) and every pair is disjoint, as in any label map. Colours and
+    aliases come from the default cardiac set where it knows the name."""
+    default = RuleSet.default()
+    known = set(default.names)
+    structures = tuple(
+        Structure(name, s + 1, default.structure(name).color if name in known else _GREY,
+                  default.structure(name).aliases if name in known else ())
+        for s, name in enumerate(names)
+    )
+    return RuleSet.label_map(structures)
+
+
+def refine_to_segmentation(
+    meshes: Sequence[Mesh],
+    names: Sequence[str],
+    labels: np.ndarray,
+    labels_ijk_to_ras: np.ndarray,
+    *,
+    steps: int = DEFAULT_REFINE_STEPS,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[Mesh], tuple[str, ...]]:
+    """Pull predicted meshes onto the network's segmentation.
+
+    Args:
+        meshes: per structure of ``names``, (vertices (V_s, 3) RAS mm, faces (F_s, 3) int64).
+        names: the structures, in the segmentation's label order (``names[s]`` is label s + 1).
+        labels: (I, J, K) integer structure index of the segmentation (0 background).
+        labels_ijk_to_ras: (4, 4) voxel-to-RAS matrix of ``labels``, mm; the fit works at its
+            mean voxel size.
+        steps: fit steps (>= 1).
+        device: where the fit runs.
+        progress: ``progress(step, steps)`` after each step; should_stop: ends the fit early
+            (the meshes are those reached so far).
+
+    Returns:
+        The meshes in the order of ``names`` (no resolution step: the caller resolves all
+        structures together), and the names of the structures refined: one with fewer than
+        :data:`MIN_VOXELS` voxels in ``labels`` keeps its predicted mesh.
+    """
+    if len(meshes) != len(names):
+        raise CardioInputError("meshes", f"{len(meshes)} meshes for {len(names)} structure names")
+    if steps < 1:
+        raise CardioInputError("refine steps", f"must be at least 1, got {steps}")
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=len(names) + 1)
+    seen = [name for s, name in enumerate(names) if counts[s + 1] >= MIN_VOXELS]
+    kept = [(v.float().cpu(), f.long().cpu()) for v, f in meshes]
+    if not seen:
+        return kept, ()
+    start = HeartTemplate(tuple(names), tuple(v for v, _ in kept), tuple(f for _, f in kept), "predicted meshes")
+    voxel_mm = float(np.linalg.norm(np.asarray(labels_ijk_to_ras, dtype=np.float64)[:3, :3], axis=0).mean())
+    result = fit_template(
+        labels, labels_ijk_to_ras, segmentation_rule_set(names).subset(seen), start.subset(seen), steps=steps,
+        weights=REFINE_WEIGHTS, resolve=False, device=device, spacing_mm=voxel_mm, min_voxels=MIN_VOXELS, coarse_fraction=0.3,
+        should_stop=should_stop,
+        progress=None if progress is None else (lambda step, total, _terms: progress(step, total)),
+    )
+    refined = dict(zip(result.names, zip(result.verts, result.faces, strict=True), strict=True))
+    return [refined.get(name, mesh) for name, mesh in zip(names, kept, strict=True)], result.names
