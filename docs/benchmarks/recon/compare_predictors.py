@@ -1,18 +1,24 @@
 """Score Predict networks side by side on the same held-out synthetic images.
 
 Each model file is scored on 8 synthetic images (seed 1, i.e. other images than the 4 of
-``cardio bench recon --held-out``) of MM-WHS ct_train_1012, resolved as Predict mode does; the
-script prints the medians over images and the self-intersecting face pairs left per image.
+``cardio bench recon --held-out``) of MM-WHS ct_train_1012 (or of ``--labels``), finished as
+Predict mode does; the script prints the medians over images and the self-intersecting face
+pairs left per image.
 
-    .venv/bin/python docs/benchmarks/recon/compare_predictors.py MODEL.pt [MODEL.pt ...]
+    .venv/bin/python docs/benchmarks/recon/compare_predictors.py [--refine-steps N] [--labels FILE ...]
+        [--images N] [--seed S] MODEL.pt [MODEL.pt ...]
 
-``bundled`` stands for the bundled predictor. Output of the 1.1.0 / 1.2.0 comparison:
+``bundled`` stands for the bundled predictor; ``--refine-steps N`` scores each model twice, as
+predicted and refined against its own segmentation for N steps (output of
+``--refine-steps 60 bundled``: ``refine-1.2.0.txt``; on two of the network's training label maps,
+``--refine-steps 60 --labels <ct_train_1005> <ct_train_1002> --images 3 --seed 2 bundled``:
+``refine-1.2.0-training-maps.txt``). Output of the 1.1.0 / 1.2.0 comparison:
 ``compare-1.1.0-1.2.0.txt`` (1.1.0: ``git show f1127ef:Resources/Models/cardiorecon-whs-1.1.0.pt``).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import torch
 
@@ -20,10 +26,21 @@ from cardiocore.recon.predict import MeshPredictor
 from cardiocore.recon.predict_eval import evaluate_on_synthetic, summarise
 from cardiocore.recon.synth import load_cases
 
+parser = argparse.ArgumentParser()
+parser.add_argument("--refine-steps", type=int, default=0)
+parser.add_argument("--labels", nargs="+", default=["../shared/data/mmwhs_ct_labels/ct_train_1012_label.nii.gz"],
+                    help="MM-WHS label maps to synthesise images of (default the held-out ct_train_1012)")
+parser.add_argument("--images", type=int, default=8, help="images per label map")
+parser.add_argument("--seed", type=int, default=1)
+parser.add_argument("models", nargs="+")
+args = parser.parse_args()
 torch.set_num_threads(2)
-cases = load_cases(["../shared/data/mmwhs_ct_labels/ct_train_1012_label.nii.gz"], "mmwhs")
-for path in sys.argv[1:]:
+cases = load_cases(args.labels, "mmwhs")
+for path in args.models:
     predictor = MeshPredictor.from_bundled(device="cpu") if path == "bundled" else MeshPredictor.load(path)
-    rows = evaluate_on_synthetic(predictor, cases, images_per_case=8, seed=1)
-    medians = {k.removeprefix("median_"): round(v, 3) for k, v in summarise(rows, predictor.names).items()}
-    print(path, medians, "self-intersecting face pairs per image", [r["self_intersections"] for r in rows], flush=True)
+    for steps in [0] + ([args.refine_steps] if args.refine_steps > 0 else []):
+        rows = evaluate_on_synthetic(predictor, cases, images_per_case=args.images, seed=args.seed,
+                                    refine_steps=steps)
+        medians = {k.removeprefix("median_"): round(v, 3) for k, v in summarise(rows, predictor.names).items()}
+        print(path, f"refine_steps={steps}", medians, "self-intersecting face pairs per image",
+              [r["self_intersections"] for r in rows], flush=True)
