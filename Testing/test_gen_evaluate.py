@@ -200,3 +200,9 @@ def test_bench_rows_have_the_schema_and_targets(tiny):
                                 nna_sets=1, progress=lambda line: None)
     assert every[0]["nna_sets"] == 4 and capped[0]["nna_sets"] == 1  # 14 meshes hold four sets of 3
     assert capped[1]["one_nna_se_pts"] is None and capped[1]["one_nna_gap_se_pts"] is None
+    plms = run_gen_benchmarks(model, test.phase("ED").verts, n=8, device="cpu", quick=True, steps=10,
+                              samplers=["plms"], progress=lambda line: None)
+    assert [row["method"] for row in plms] == ["PLMS 10 steps", "DDPM 100 steps (MeshLDM ancestral)", "VAE decode only"]
+    assert plms[0]["one_nna_gap_pts"] == pytest.approx(plms[0]["one_nna_percent"] - plms[1]["one_nna_percent"])
+    with pytest.raises(CardioInputError, match="samplers"):
+        run_gen_benchmarks(model, test.phase("ED").verts, n=8, device="cpu", quick=True, samplers=["euler"])

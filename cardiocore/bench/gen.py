@@ -71,6 +71,7 @@ def run_gen_benchmarks(
     quick: bool = False,
     *,
     steps: int | Sequence[int] = DEFAULT_STEPS,
+    samplers: Sequence[str] = FAST_SAMPLERS,
     repeats: int = 3,
     nna_size: int | None = None,
     nna_sets: int | None = None,
@@ -89,6 +90,7 @@ def run_gen_benchmarks(
         device: "auto", "cpu", "cuda", ...
         quick: smoke test: ``QUICK_N`` meshes, one timed run, 1-NNA on at most 8 meshes.
         steps: step counts of the fast samplers.
+        samplers: the fast samplers to run (a subset of ``FAST_SAMPLERS``).
         repeats: timed runs of each fast sampler and of the decoding after one warm-up (the DDPM
             sampler runs once, after them).
         nna_size: at most this many meshes per set for 1-NNA (None: up to ``n`` and R).
@@ -116,6 +118,9 @@ def run_gen_benchmarks(
         raise CardioInputError("n", f"must be a positive number of meshes, got {n!r}")
     if nna_sets is not None and nna_sets < 1:
         raise CardioInputError("nna_sets", f"must be at least 1, got {nna_sets}")
+    unknown = [s for s in samplers if s not in FAST_SAMPLERS]
+    if unknown or not samplers:
+        raise CardioInputError("samplers", f"must be some of {', '.join(FAST_SAMPLERS)}, got {list(samplers)}")
     if repeats < 1 or not step_counts:
         raise CardioInputError("repeats/steps", f"need repeats >= 1 and a step count, got {repeats}, {steps}")
     reference = _reference(model, reference_verts)
@@ -124,7 +129,7 @@ def run_gen_benchmarks(
     model.to(dev)
     try:
         quality = _Quality(reference, nna_size, nna_sets, seed, dev)
-        rows = _measure(model, quality, n, dev, step_counts, repeats, phase, seed, progress)
+        rows = _measure(model, quality, n, dev, step_counts, tuple(samplers), repeats, phase, seed, progress)
     finally:
         model.to(home)
     return _add_targets(rows, dev, n)
@@ -144,12 +149,12 @@ def _reference(model: CardioGenModel, reference_verts: torch.Tensor | np.ndarray
 
 def _measure(
     model: CardioGenModel, quality: _Quality, n: int, dev: torch.device, step_counts: list[int],
-    repeats: int, phase: str, seed: int, progress: Callable[[str], None],
+    samplers: tuple[str, ...], repeats: int, phase: str, seed: int, progress: Callable[[str], None],
 ) -> list[Row]:
     """One row per sampler (timed runs, then one peak-memory run whose meshes give the 1-NNA),
     then the decoding alone."""
     chain = model.diffusion[phase if phase in model.diffusion else "conditional"].num_train_timesteps
-    plan = [(f"{s.upper()} {k} steps", s, k, repeats, 1) for k in step_counts for s in FAST_SAMPLERS]
+    plan = [(f"{s.upper()} {k} steps", s, k, repeats, 1) for k in step_counts for s in samplers]
     plan.append((f"DDPM {chain} steps (MeshLDM ancestral)", "ddpm", None, 1, 0))
     size = f"{n:,} {phase} meshes of {model.n_vertices:,} vertices"
     threads = torch.get_num_threads()

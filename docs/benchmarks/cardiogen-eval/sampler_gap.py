@@ -1,0 +1,37 @@
+"""Settle the fast sampler's 1-NNA gap to the 1000-step DDPM sampler with many generated sets.
+
+``cardio bench gen`` scores each sampler on the sets its 1,000 meshes hold (6 of 150), which
+leaves a standard error of 1-2 points on the gap: as large as the 2-point target. This script
+runs the same benchmark (:func:`cardiocore.bench.gen.run_gen_benchmarks`, bundled ED model, the
+CAP test split as the 150 references, one seed for every sampler) with ``N`` meshes per sampler,
+so ``N / 150`` disjoint sets are averaged, for the default sampler only (PLMS, 20 steps). Timings are from a single run (``repeats=1``); ``cardio bench gen`` gives the medians.
+
+    .venv/bin/python docs/benchmarks/cardiogen-eval/sampler_gap.py [N]     # default 4500: 30 sets
+
+Output: ``sampler_gap.txt`` (2 CPU threads).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from cardiocore.bench.gen import format_gen_rows, run_gen_benchmarks
+from cardiocore.gen.cli import load_cohort, load_model
+from cardiocore.gen.data import split_by_subject
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 4500
+torch.set_num_threads(2)
+model = load_model(None, "cpu")
+split = model.card.get("split", {})
+cohort = load_cohort("../shared/data/cap_lv_atlas/cap_lv_atlas_dev.npz")
+test = split_by_subject(cohort, split.get("fractions", [0.8, 0.1, 0.1]), seed=split.get("seed", 0))[-1]
+rows = run_gen_benchmarks(model, test.phase("ED").verts, n=N, device="cpu", steps=[20], samplers=["plms"],
+                          repeats=1)
+print(format_gen_rows(rows), flush=True)
+for row in rows:
+    if row.get("one_nna_gap_pts") is not None:
+        print(f"{row['method']}: 1-NNA {row['one_nna_percent']:.2f} +- {row['one_nna_se_pts']:.2f} % over "
+              f"{row['nna_sets']} sets of {row['nna_set']}; gap to DDPM {row['one_nna_gap_pts']:+.2f} "
+              f"+- {row['one_nna_gap_se_pts']:.2f} points (target within 2)")
