@@ -211,10 +211,11 @@ class CardioReconstructWidget(ScriptedLoadableModuleWidget):
                 }
                 try:
                     if self._predictMode():
+                        refine_steps = DEFAULT_REFINE_STEPS if parameters.refinePrediction else 0
                         result = self.logic.predict(parameters.inputVolume, self._modelPath(),
                                                     reference_labels=parameters.inputSegmentation,
                                                     centre_ras=self.logic.heart_centre(parameters.heartCentre),
-                                                    refine_steps=DEFAULT_REFINE_STEPS if parameters.refinePrediction else 0,
+                                                    refine_steps=refine_steps,
                                                     **common)
                     else:
                         result = self.logic.reconstruct(parameters.inputSegmentation, parameters.inputVolume,

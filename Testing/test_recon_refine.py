@@ -76,6 +76,10 @@ def test_refinement_rejects_mismatched_input() -> None:
     # A segmentation without the structure: nothing to fit to, the mesh comes back as it was.
     (kept,), names = refine_to_segmentation([(verts, faces)], ["rv"], labels, np.eye(4))
     assert names == () and torch.equal(kept[0], verts)
+    # Structures outside ``only`` are not refined, even when the segmentation has them.
+    labels[2:6, 2:6, 2:6] = 1
+    (kept,), names = refine_to_segmentation([(verts, faces)], ["rv"], labels, np.eye(4), only=())
+    assert names == () and torch.equal(kept[0], verts)
 
 
 @pytest.fixture(scope="module")

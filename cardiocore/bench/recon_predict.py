@@ -9,7 +9,8 @@ normalisation, the network, meshes to RAS) on
   issue's memory case.
 
 With ``refine_steps`` > 0 the same calls refine the meshes against the network's segmentation
-(:mod:`cardiocore.recon.refine`) first. Each is timed ``repeats`` times after one warm-up call (median reported, seconds); ``peak_rss_mb``
+(:mod:`cardiocore.recon.refine`) first. Each is timed ``repeats`` times after one warm-up call
+(median reported, seconds); ``peak_rss_mb``
 is the growth of the process's peak resident memory during the calls (MB, Linux ``ru_maxrss``),
 on top of the input array itself.
 

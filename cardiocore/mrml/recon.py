@@ -879,7 +879,8 @@ def predict_image_file(
     with _file_nodes(*files) as read:
         nodes = reconstruct_from_volume(read[0], predictor=predictor, rules=rules,
                                         reference_labels=read[1] if labels_path else None, centre_ras=centre_ras,
-                                        refine_steps=refine_steps, vr_points=vr_points, svr_points=svr_points, progress=progress)
+                                        refine_steps=refine_steps, vr_points=vr_points, svr_points=svr_points,
+                                        progress=progress)
     inputs = {"image": str(Path(image_path).resolve()),
               "model": str(Path(model).expanduser().resolve()) if model else BUNDLED_PREDICTOR}
     if labels_path:

@@ -172,7 +172,8 @@ def _bench_predict(args: argparse.Namespace) -> dict[str, Any]:
     predictor = load_predictor(args.model, args.device)
     print(f"Predict mode: model {args.model or 'bundled'} on {next(predictor.net.parameters()).device}")
     variants = [0] + ([args.refine_steps] if args.refine_steps > 0 else [])
-    speed = [row for steps in variants for row in predict_speed_rows(predictor, large=not args.quick, refine_steps=steps)]
+    speed = [row for steps in variants
+             for row in predict_speed_rows(predictor, large=not args.quick, refine_steps=steps)]
     print(format_table(speed, ("input", "refine_steps", "device", "threads", "median_s", "target_s", "meets",
                                "input_mb", "peak_rss_growth_mb", "resample_s", "network_s", "refine_s", "resolve_s")))
     report: dict[str, Any] = {"predict_speed": speed}
@@ -301,7 +302,8 @@ def add_recon_bench(suites: Any) -> None:
                        help="held-out label maps (FILE@CODING) scored on synthetic images by the Predict model")
     bench.add_argument("--eval-images", type=int, default=4, help="synthetic images per held-out label map (default 4)")
     bench.add_argument("--refine-steps", type=int, default=0, metavar="N",
-                       help="also measure Predict refined against the network's segmentation for N steps (default 0: not)")
+                       help="also measure Predict refined against the network's segmentation for N steps "
+                            "(default 0: not)")
     bench.add_argument("--case-spacing-mm", type=float, default=1.0, help="held-out label maps are subsampled to this, mm")
     bench.add_argument("--json", help="also write the figures to this JSON file")
     bench.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")

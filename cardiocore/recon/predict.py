@@ -209,7 +209,8 @@ def finish_meshes(
                 progress(0.8 * step / steps, f"refining against the network's segmentation: step {step}/{steps}")
 
         meshes, refined = refine_to_segmentation(meshes, predictor.names, output.labels, output.labels_ijk_to_ras,
-                                                 steps=refine_steps, device=next(predictor.net.parameters()).device,
+                                                 steps=refine_steps, only=names,
+                                                 device=next(predictor.net.parameters()).device,
                                                  progress=step_progress, should_stop=should_stop)
         unrefined = tuple(n for n in names if n not in refined)
     t_refined = time.perf_counter()
@@ -297,7 +298,6 @@ def predict_meshes(
         progress(0.3, "running the network")
     output = run_network(predictor, grid, frame_to_ras)
     t_predicted = time.perf_counter()
-
 
     def finish_progress(fraction: float, message: str) -> None:
         if progress:

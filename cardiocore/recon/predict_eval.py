@@ -5,7 +5,8 @@ For each label map and image: a synthetic image with a random pose and contrast
 network's meshes mapped to RAS and finished as Predict mode does
 (:func:`cardiocore.recon.predict.finish_meshes`: refined against the network's segmentation
 when ``refine_steps`` > 0, resolved unless ``resolve=False``), and
-:func:`cardiocore.recon.evaluate.evaluate_meshes` against the label map (Dice, HD95, Chamfer, VR per rule, self-intersections). The figures are therefore on
+:func:`cardiocore.recon.evaluate.evaluate_meshes` against the label map (Dice, HD95, Chamfer, VR
+per rule, self-intersections). The figures are therefore on
 images the network never saw; they are held out by label map only when the label maps are.
 """
 
@@ -54,8 +55,8 @@ def evaluate_on_synthetic(
             present = [n for n in predictor.names if case.surfaces[label_of[n] - 1].shape[0] > 0]
             meshes = finish_meshes(predictor, output, present, refine_steps=refine_steps, resolve=resolve).meshes
             seconds = time.perf_counter() - start
-            present = dict(zip(present, meshes, strict=True))
-            metrics = evaluate_meshes(present, case.index, case.ijk_to_ras, label_of, rules, vr_points=vr_points)
+            metrics = evaluate_meshes(dict(zip(present, meshes, strict=True)), case.index, case.ijk_to_ras, label_of,
+                                      rules, vr_points=vr_points)
             row: dict[str, Any] = {"case": case.name, "image": k}
             for name, values in metrics.structures.items():
                 row[f"dice_{name}"] = values.dice

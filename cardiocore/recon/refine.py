@@ -8,13 +8,13 @@ label map (argmax over structures, on the network grid) as a fit target and runs
 :func:`cardiocore.recon.fit.fit_template` from the predicted meshes: the same occupancy,
 surface, MIE, Laplacian and normal terms as Fit mode (the last two weighted more,
 :data:`REFINE_WEIGHTS`), so the meshes keep the template topology and stay smooth, only pulled
-onto the head's boundaries. It costs a short fit (tens of steps)
-instead of a forward pass; ``cardio bench recon --predict-only --refine-steps N`` measures both.
+onto the head's boundaries. It costs a short fit (tens of steps) on top of the forward pass;
+``cardio bench recon --predict-only --refine-steps N`` measures both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ def refine_to_segmentation(
     labels_ijk_to_ras: np.ndarray,
     *,
     steps: int = DEFAULT_REFINE_STEPS,
+    only: Collection[str] | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -75,21 +76,23 @@ def refine_to_segmentation(
         labels_ijk_to_ras: (4, 4) voxel-to-RAS matrix of ``labels``, mm; the fit works at its
             mean voxel size.
         steps: fit steps (>= 1).
+        only: refine just these structures (default all); the others come back as they were.
         device: where the fit runs.
         progress: ``progress(step, steps)`` after each step; should_stop: ends the fit early
             (the meshes are those reached so far).
 
     Returns:
         The meshes in the order of ``names`` (no resolution step: the caller resolves all
-        structures together), and the names of the structures refined: one with fewer than
-        :data:`MIN_VOXELS` voxels in ``labels`` keeps its predicted mesh.
+        structures together), and the names of the structures refined: one outside ``only`` or
+        with fewer than :data:`MIN_VOXELS` voxels in ``labels`` keeps its predicted mesh.
     """
     if len(meshes) != len(names):
         raise CardioInputError("meshes", f"{len(meshes)} meshes for {len(names)} structure names")
     if steps < 1:
         raise CardioInputError("refine steps", f"must be at least 1, got {steps}")
     counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=len(names) + 1)
-    seen = [name for s, name in enumerate(names) if counts[s + 1] >= MIN_VOXELS]
+    seen = [name for s, name in enumerate(names)
+            if counts[s + 1] >= MIN_VOXELS and (only is None or name in only)]
     kept = [(v.float().cpu(), f.long().cpu()) for v, f in meshes]
     if not seen:
         return kept, ()
@@ -97,8 +100,8 @@ def refine_to_segmentation(
     voxel_mm = float(np.linalg.norm(np.asarray(labels_ijk_to_ras, dtype=np.float64)[:3, :3], axis=0).mean())
     result = fit_template(
         labels, labels_ijk_to_ras, segmentation_rule_set(names).subset(seen), start.subset(seen), steps=steps,
-        weights=REFINE_WEIGHTS, resolve=False, device=device, spacing_mm=voxel_mm, min_voxels=MIN_VOXELS, coarse_fraction=0.3,
-        should_stop=should_stop,
+        weights=REFINE_WEIGHTS, resolve=False, device=device, spacing_mm=voxel_mm, min_voxels=MIN_VOXELS,
+        coarse_fraction=0.3, should_stop=should_stop,
         progress=None if progress is None else (lambda step, total, _terms: progress(step, total)),
     )
     refined = dict(zip(result.names, zip(result.verts, result.faces, strict=True), strict=True))

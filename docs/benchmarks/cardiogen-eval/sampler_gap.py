@@ -4,7 +4,8 @@
 leaves a standard error of 1-2 points on the gap: as large as the 2-point target. This script
 runs the same benchmark (:func:`cardiocore.bench.gen.run_gen_benchmarks`, bundled ED model, the
 CAP test split as the 150 references, one seed for every sampler) with ``N`` meshes per sampler,
-so ``N / 150`` disjoint sets are averaged, for the default sampler only (PLMS, 20 steps). Timings are from a single run (``repeats=1``); ``cardio bench gen`` gives the medians.
+so ``N / 150`` disjoint sets are averaged, for the default sampler only (PLMS, 20 steps).
+Timings are from a single run (``repeats=1``); ``cardio bench gen`` gives the medians.
 
     .venv/bin/python docs/benchmarks/cardiogen-eval/sampler_gap.py [N]     # default 4500: 30 sets
 
