@@ -207,7 +207,8 @@ def test_predict_subsets_and_bad_input(tiny_run) -> None:
 
 
 def test_cli_train_writes_a_model_and_scores_held_out_maps(tmp_path, phantom_cases) -> None:
-    """``cardio recon train`` on two phantom label files, a third held out (a few steps)."""
+    """``cardio recon train`` on two phantom label files, a third held out (a few steps), with
+    dilated and contracted chambers; the model card records the synthesis settings."""
     files = []
     for seed in (5, 6, 7):
         phantom = heart_label_phantom(shape=(80, 80, 80), spacing=(1.8, 1.8, 1.8), seed=seed)
@@ -217,9 +218,12 @@ def test_cli_train_writes_a_model_and_scores_held_out_maps(tmp_path, phantom_cas
     out = tmp_path / "run"
     code = cardio_main(["recon", "train", "--labels", files[0], files[1], "--eval-labels", files[2],
                         "--eval-images", "1", "--steps", "4", "--grid-size", "32", "--spacing-mm", "6",
-                        "--case-spacing-mm", "1.8", "--no-mie", "--device", "cpu", "--out", str(out)])
+                        "--case-spacing-mm", "1.8", "--dilate", "lv_cavity", "rv", "--dilate-range", "0.9", "1.3",
+                        "--device", "cpu", "--out", str(out)])
     assert code == 0
     loaded = MeshPredictor.load(out / "model.pt")
+    options = loaded.card["settings"]["options"]
+    assert options["dilate"] == ["lv_cavity", "rv"] and options["dilate_range"] == [0.9, 1.3]
     assert loaded.card["held_out"]["cases"] == ["phantom7"]
     assert 0.0 <= loaded.card["held_out"]["median_dice_rv"] <= 1.0
     assert (out / "held_out.json").is_file()
@@ -235,7 +239,7 @@ def test_bench_predict_prints_speed_and_held_out_dice_with_targets(tiny_run, tmp
     report = tmp_path / "bench.json"
     assert cardio_main(["bench", "recon", "--predict-only", "--quick", "--model", str(tiny_run[2] / "model.pt"),
                         "--held-out", f"{labels}@default", "--eval-images", "1", "--case-spacing-mm", "1.8",
-                        "--device", "cpu", "--refine-steps", "2", "--json", str(report)]) == 0
+                        "--device", "cpu", "--refine-steps", "2", "--contrast", "ct", "--json", str(report)]) == 0
     printed = capsys.readouterr().out
     assert "phantom 128^3" in printed and "worst_chamber_dice" in printed
     figures = json.loads(report.read_text())
@@ -246,4 +250,6 @@ def test_bench_predict_prints_speed_and_held_out_dice_with_targets(tiny_run, tmp
     for key, steps in (("predict_held_out", 0), ("predict_held_out_refined", 2)):
         summary = figures[key]["summary"]
         assert summary["dice_target"] == 0.85 and 0.0 <= summary["worst_chamber_dice"] <= 1.0
-        assert summary["refine_steps"] == steps
+        assert summary["refine_steps"] == steps and summary["contrast"] == "ct"
+    assert cardio_main(["bench", "recon", "--predict-only", "--quick", "--contrast", "pet"]) == 2
+    assert "--contrast: unknown intensity model 'pet'" in capsys.readouterr().err

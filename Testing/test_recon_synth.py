@@ -21,6 +21,7 @@ from cardiocore.errors import CardioInputError, VolumeError
 from cardiocore.phantoms.heart import heart_label_phantom
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.synth import (
+    CONTRASTS,
     FrameWarp,
     SynthOptions,
     frame_grid_points,
@@ -31,6 +32,7 @@ from cardiocore.recon.synth import (
     random_pose,
     random_warp,
     resample_to_frame,
+    structure_scaling_field,
     synthesize_image,
     synthesize_sample,
 )
@@ -163,12 +165,18 @@ def test_a_random_warp_is_smooth_bounded_and_inverted_to_a_hundredth_of_a_mm():
     assert torch.equal(generator.get_state(), state)
 
 
-def test_warped_samples_keep_labels_image_and_surfaces_together(oblique_phantom):
-    """With a strong shape deformation, the index map is the warped label look-up at the voxel
-    centres, and the boundary points still lie on the boundary of the warped labels."""
+@pytest.mark.parametrize("options", [
+    SynthOptions(elastic_mm=6.0),
+    SynthOptions(elastic_mm=6.0, dilate=("lv_cavity", "rv"), dilate_range=(1.4, 1.4)),
+    SynthOptions(dilate=("la",), dilate_range=(0.8, 0.8)),
+], ids=["elastic", "elastic-and-dilated", "contracted"])
+def test_warped_samples_keep_labels_image_and_surfaces_together(oblique_phantom, options):
+    """With a strong shape deformation (elastic, structures scaled, or both), the index map is the
+    warped label look-up at the voxel centres, and the boundary points still lie on the boundary
+    of the warped labels."""
     _, case = oblique_phantom
     generator = torch.Generator().manual_seed(11)
-    sample = synthesize_sample(case, 32, 5.0, generator, SynthOptions(elastic_mm=6.0))
+    sample = synthesize_sample(case, 32, 5.0, generator, options)
     assert isinstance(sample.warp, FrameWarp) and float(sample.warp.field.abs().max()) > 1.0
     lookup = label_lookup(case, sample.frame_to_ras, sample.warp)
     grid = frame_grid_points(32, 5.0).reshape(-1, 3)
@@ -181,6 +189,67 @@ def test_warped_samples_keep_labels_image_and_surfaces_together(oblique_phantom)
         labels = lookup(probes.reshape(-1, 3)).reshape(points.shape[0], 16)
         both = ((labels == s).any(dim=1) & (labels != s).any(dim=1)).float().mean()
         assert both > 0.97, f"{RULES.names[s]}: {float(both):.3f}"
+
+
+def test_a_scaling_field_magnifies_the_ball_about_its_centre_and_fades_far_from_it():
+    """Inside the ball a frame point reads the label map at c + (p - c) / k; three radii beyond
+    it the displacement has faded below a thousandth of the radius."""
+    centre, radius, scale = torch.tensor([[10.0, -20.0, 5.0]]), torch.tensor([30.0]), torch.tensor([1.4])
+    field = structure_scaling_field(centre, radius, scale, 64, 3.0, 33)
+    warp = FrameWarp.on_frame(field, 64, 3.0)
+    axis = torch.linspace(-96.0, 96.0, 33)
+    nodes = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    distance = (nodes - centre).norm(dim=1)
+    inside, far = nodes[distance < 30.0], nodes[distance > 120.0]
+    assert len(inside) > 100 and len(far) > 100
+    torch.testing.assert_close(inside + warp.displacement(inside), centre + (inside - centre) / 1.4,
+                               atol=1e-4, rtol=0)
+    assert float(warp.displacement(far).norm(dim=1).max()) < 0.03
+
+
+def test_dilating_a_structure_grows_it_and_contracting_shrinks_it(axis_phantom):
+    """Same seed and pose: the LV cavity's frame volume grows with a factor above 1 and shrinks
+    below 1, about as the cube of the factor; an unknown structure name is refused by name."""
+    _, case = axis_phantom
+
+    def cavity_voxels(options: SynthOptions) -> int:
+        sample = synthesize_sample(case, 48, 2.5, torch.Generator().manual_seed(3), options,
+                                   pose=_translation(case.centre))
+        return int((sample.index == RULES.names.index("lv_cavity") + 1).sum())
+
+    plain = cavity_voxels(SynthOptions(dilate=("lv_cavity",), dilate_range=(1.0, 1.0)))
+    assert plain == cavity_voxels(SynthOptions())
+    grown = cavity_voxels(SynthOptions(dilate=("lv_cavity",), dilate_range=(1.3, 1.3)))
+    shrunk = cavity_voxels(SynthOptions(dilate=("lv_cavity",), dilate_range=(0.8, 0.8)))
+    assert 1.3 ** 2 < grown / plain < 1.3 ** 3 * 1.1, grown / plain
+    assert 0.8 ** 3 * 0.9 < shrunk / plain < 0.8 ** 2, shrunk / plain
+    with pytest.raises(CardioInputError, match="'left_ventricle'.*lv_cavity"):
+        synthesize_sample(case, 16, 6.0, torch.Generator(), SynthOptions(dilate=("left_ventricle",)))
+    with pytest.raises(CardioInputError, match="dilate_range"):
+        synthesize_sample(case, 16, 6.0, torch.Generator(), SynthOptions(dilate=("rv",), dilate_range=(1.2, 0.9)))
+
+
+def _translation(centre: np.ndarray) -> np.ndarray:
+    pose = np.eye(4)
+    pose[:3, 3] = centre
+    return pose
+
+
+@pytest.mark.parametrize("contrast", [c for c in CONTRASTS if c != "random"])
+def test_ct_and_mr_contrasts_make_blood_bright_and_myocardium_darker(axis_phantom, contrast):
+    """On every seed the blood pools are brighter than the myocardium, and close to one another
+    (one contrast level); an unknown contrast model is refused by name."""
+    _, case = axis_phantom
+    myocardium = RULES.names.index("lv_myocardium") + 1
+    for seed in range(4):
+        options = SynthOptions(contrast=contrast, noise_std=(0.0, 0.0), bias_coefficient=0.0, gamma=(1.0, 1.0))
+        sample = synthesize_sample(case, 32, 5.0, torch.Generator().manual_seed(seed), options)
+        means = {k: float(sample.image[sample.index == k].mean()) for k in range(1, len(RULES.names) + 1)}
+        pools = [means[k] for k in means if k != myocardium]
+        assert min(pools) > means[myocardium] + 0.05, (seed, means)
+        assert max(pools) - min(pools) < 0.5 * (min(pools) - means[myocardium]) + 0.2, (seed, means)
+    with pytest.raises(CardioInputError, match="contrast.*'pet'.*random, ct, mr"):
+        synthesize_sample(case, 16, 6.0, torch.Generator(), SynthOptions(contrast="pet"))
 
 
 def test_synthetic_images_are_normalised_random_per_seed_and_reproducible(axis_phantom):
@@ -214,7 +283,7 @@ def test_synthesis_options_extremes_stay_in_range(axis_phantom):
     sample = synthesize_sample(case, 24, 6.0, torch.Generator().manual_seed(5), options)
     assert float(sample.image.min()) >= 0.0 and float(sample.image.max()) <= 1.0
     with pytest.raises(VolumeError, match="0..7"):
-        synthesize_image(torch.full((4, 4, 4), 9), 7, torch.Generator(), options)
+        synthesize_image(torch.full((4, 4, 4), 9), [False] * 7, torch.Generator(), options)
 
 
 def test_random_pose_respects_its_ranges():

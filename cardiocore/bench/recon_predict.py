@@ -34,7 +34,7 @@ from cardiocore.bench.recon import CHAMBERS
 from cardiocore.phantoms.heart import heart_label_phantom
 from cardiocore.recon.predict import MeshPredictor, predict_meshes
 from cardiocore.recon.predict_eval import evaluate_on_synthetic, summarise
-from cardiocore.recon.synth import LabelCase
+from cardiocore.recon.synth import LabelCase, SynthOptions
 
 PREDICT_TARGET_S = {"cpu": 30.0, "cuda": 1.0}
 PREDICT_DICE_TARGET = 0.85
@@ -108,11 +108,14 @@ def predict_speed_rows(predictor: MeshPredictor, repeats: int = 3, large: bool =
 
 
 def predict_accuracy_rows(predictor: MeshPredictor, cases: Sequence[LabelCase], images_per_case: int = 4,
-                          refine_steps: int = 0, progress: Callable[[str], None] = print) -> tuple[list[Row], Row]:
-    """Per-image rows on held-out label maps and a summary row with the chamber Dice target."""
+                          refine_steps: int = 0, contrast: str = "random",
+                          progress: Callable[[str], None] = print) -> tuple[list[Row], Row]:
+    """Per-image rows on held-out label maps and a summary row with the chamber Dice target;
+    the images' intensities follow the ``contrast`` model of :class:`SynthOptions`."""
     rows = evaluate_on_synthetic(predictor, cases, images_per_case=images_per_case, refine_steps=refine_steps,
-                                 progress=progress)
-    summary: Row = {"case": "median", "refine_steps": refine_steps, **summarise(rows, predictor.names)}
+                                 options=SynthOptions(contrast=contrast), progress=progress)
+    summary: Row = {"case": "median", "contrast": contrast, "refine_steps": refine_steps,
+                    **summarise(rows, predictor.names)}
     chambers = [summary[f"median_dice_{n}"] for n in CHAMBERS if f"median_dice_{n}" in summary]
     summary["worst_chamber_dice"] = min(chambers) if chambers else float("nan")
     summary["dice_target"] = PREDICT_DICE_TARGET

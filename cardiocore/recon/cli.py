@@ -136,6 +136,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                device=args.device)
     if args.elastic_mm is not None:
         spec.options = dataclasses.replace(spec.options, elastic_mm=args.elastic_mm)
+    if args.dilate is not None:
+        spec.options = dataclasses.replace(spec.options, dilate=tuple(args.dilate))
+    if args.dilate_range is not None:
+        spec.options = dataclasses.replace(spec.options, dilate_range=tuple(args.dilate_range))
     if args.no_mie:
         spec.weights = dataclasses.replace(spec.weights, mie=0.0)
     cases = _load_cases(args.labels, args.structures, args.case_spacing_mm)
@@ -168,7 +172,11 @@ def _bench_predict(args: argparse.Namespace) -> dict[str, Any]:
     from cardiocore.bench.recon import format_table
     from cardiocore.bench.recon_predict import predict_accuracy_rows, predict_speed_rows
     from cardiocore.recon.predict import load_predictor
+    from cardiocore.recon.synth import CONTRASTS
 
+    if args.contrast not in CONTRASTS:
+        raise CardioInputError("--contrast", f"unknown intensity model {args.contrast!r}",
+                               f"choose one of {', '.join(CONTRASTS)}")
     predictor = load_predictor(args.model, args.device)
     print(f"Predict mode: model {args.model or 'bundled'} on {next(predictor.net.parameters()).device}")
     variants = [0] + ([args.refine_steps] if args.refine_steps > 0 else [])
@@ -181,10 +189,10 @@ def _bench_predict(args: argparse.Namespace) -> dict[str, Any]:
         cases = _load_cases(args.held_out, "default", args.case_spacing_mm)
         for steps in variants:
             rows, summary = predict_accuracy_rows(predictor, cases, images_per_case=args.eval_images,
-                                                  refine_steps=steps)
+                                                  refine_steps=steps, contrast=args.contrast)
             dice_columns = [f"dice_{n}" for n in predictor.names]
             print(format_table(rows, ("case", "image", *dice_columns, "chamfer_mm", "max_vr_percent", "seconds")))
-            print(format_table([summary], ("case", "refine_steps", "worst_chamber_dice", "dice_target", "meets",
+            print(format_table([summary], ("case", "contrast", "refine_steps", "worst_chamber_dice", "dice_target", "meets",
                                            "median_dice_lv_myocardium", "median_chamfer_mm", "median_max_vr_percent")))
             report["predict_held_out_refined" if steps else "predict_held_out"] = {"rows": rows, "summary": summary}
     return report
@@ -274,6 +282,11 @@ def add_recon_commands(commands: Any) -> None:
     train.add_argument("--no-mie", action="store_true", help="train without the MIE term (ablation)")
     train.add_argument("--elastic-mm", type=float,
                        help="SD of the random smooth shape deformation of the label maps, mm (default 4; 0: none)")
+    train.add_argument("--dilate", nargs="*", metavar="STRUCTURE",
+                       help="structures scaled about their centroids by random factors (dilated or contracted "
+                            "chambers); none given: no scaling")
+    train.add_argument("--dilate-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                       help="range of those scale factors (radius; log-uniform)")
     train.add_argument("--init", help="start from a trained predictor: 'bundled' or a model file (fine-tuning); "
                                       "default: seeded random weights")
     train.add_argument("--seed", type=int, default=0)
@@ -304,6 +317,9 @@ def add_recon_bench(suites: Any) -> None:
     bench.add_argument("--refine-steps", type=int, default=0, metavar="N",
                        help="also measure Predict refined against the network's segmentation for N steps "
                             "(default 0: not)")
+    bench.add_argument("--contrast", default="random",
+                       help="intensity model of the held-out synthetic images: random per label (default), "
+                            "contrast CT-like or bright-blood MR-like")
     bench.add_argument("--case-spacing-mm", type=float, default=1.0, help="held-out label maps are subsampled to this, mm")
     bench.add_argument("--json", help="also write the figures to this JSON file")
     bench.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")

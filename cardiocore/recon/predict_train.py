@@ -57,6 +57,7 @@ from cardiocore.recon.synth import (
     frame_grid_points,
     label_lookup,
     synthesize_sample,
+    warp_grid_size,
 )
 from cardiocore.recon.template import HeartTemplate
 from cardiocore.train.checkpoint import json_ready, load_checkpoint
@@ -139,7 +140,7 @@ class SyntheticImages(Dataset):
         net = self.spec.net
         sample = synthesize_sample(self.cases[case_index], net.grid_size, net.spacing_mm, generator, self.spec.options)
         centroids, present = index_centroids(sample.index, len(sample.surfaces), net.spacing_mm)
-        grid = max(2, int(self.spec.options.elastic_grid))
+        grid = warp_grid_size(self.spec.options)
         warp = sample.warp.field if sample.warp is not None else torch.zeros((3, grid, grid, grid))
         return {
             "image": sample.image[None].float(),
@@ -226,7 +227,7 @@ class PredictObjective:
             case = self.cases[int(batch["case"][b])]
             net = self.spec.net
             warp = (FrameWarp.on_frame(batch["warp"][b], net.grid_size, net.spacing_mm)
-                    if self.spec.options.elastic_mm > 0 else None)
+                    if self.spec.options.elastic_mm > 0 or self.spec.options.dilate else None)
             lookup = label_lookup(case, batch["frame_to_ras"][b].cpu().numpy(), warp)
             # label_lookup gives the structure index (-1 background); mie_loss wants the index
             # into `names` (the present structures): table[-1] is the extra last entry, -1.

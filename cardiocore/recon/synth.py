@@ -3,9 +3,12 @@
 Predict mode learns from images synthesised from label maps (MM-WHS, HeartDeformNets): each label
 gets a random intensity, the background is split into random smooth tissue classes, then a bias
 field, blur, thick slices, noise and a gamma change are applied, so the network sees CT- and
-MR-like contrasts it never has to be told about. Orientation, scale and position vary through a
-random pose of the sampling frame, and shape through an optional smooth random deformation of the
-frame (:class:`FrameWarp`), so a few label maps give many anatomies.
+MR-like contrasts it never has to be told about (``SynthOptions.contrast`` also offers
+contrast-CT-like and bright-blood-MR-like intensity models, for evaluation closer to real images).
+Orientation, scale and position vary through a random pose of the sampling frame, and shape through
+an optional smooth random deformation of the frame (:class:`FrameWarp`) and optional random scaling
+of chosen chambers about their centroids (dilated or contracted ventricles), so a few label maps
+give many anatomies.
 
 The frame: the network's physical frame in mm, a cubic grid of ``size``^3 voxels with spacing
 ``spacing_mm``, centred on the frame origin; voxel (i, j, k) sits at frame position
@@ -252,22 +255,110 @@ class FrameWarp:
         return found
 
 
-def random_warp(generator: torch.Generator, size: int, spacing_mm: float, options: SynthOptions) -> FrameWarp | None:
-    """A random :class:`FrameWarp` over the frame cube: independent normal displacements of
-    standard deviation ``options.elastic_mm`` at the ``options.elastic_grid``^3 control points,
-    rescaled so that no displacement gradient exceeds 0.5 (the warp stays invertible). None when
-    ``options.elastic_mm`` is 0 (no random draw is made then)."""
-    if options.elastic_mm <= 0:
+#: Control points per side of a warp that scales structures (6 mm apart on a 64^3 frame of 3 mm).
+DILATION_GRID = 33
+_MAX_WARP_GRADIENT = 0.6  # bound on the displacement gradient of a random warp (invertibility)
+
+
+def warp_grid_size(options: SynthOptions) -> int:
+    """Control points per side of the warps :func:`random_warp` draws with ``options``."""
+    return DILATION_GRID if options.dilate else max(2, int(options.elastic_grid))
+
+
+def structure_scaling_field(
+    centres_mm: torch.Tensor, radii_mm: torch.Tensor, scales: torch.Tensor, size: int, spacing_mm: float, grid: int
+) -> torch.Tensor:
+    """A :class:`FrameWarp` field (3, grid, grid, grid), mm, that scales balls about their centres.
+
+    Structure ``s`` (centre ``c``, radius ``R``, factor ``k``) reads the label map at
+    ``c + (p - c) / k`` within ``R`` of ``c``, so a region of radius ``R`` appears ``k`` times
+    larger; beyond ``R`` the radial displacement ``(1/k - 1) R`` fades as a Gaussian of width
+    ``R``, pushing the surrounding tissue aside. The displacements of several structures add.
+
+    Args:
+        centres_mm: (S, 3) frame mm. radii_mm: (S,) mm. scales: (S,) factors > 0.
+        size, spacing_mm: the frame grid the field spans; grid: control points per side.
+    """
+    half = int(size) * float(spacing_mm) / 2.0
+    axis = torch.linspace(-half, half, int(grid), dtype=torch.float64)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+    field = torch.zeros(points.shape, dtype=torch.float64)
+    for centre, radius, scale in zip(centres_mm.double(), radii_mm.double(), scales.double(), strict=True):
+        offset = points - centre
+        distance = offset.norm(dim=-1, keepdim=True)
+        beyond = (distance - radius).clamp(min=0.0)
+        magnitude = (1.0 / scale - 1.0) * torch.minimum(distance, radius) * torch.exp(-(beyond / radius) ** 2)
+        field += offset / distance.clamp(min=1e-9) * magnitude
+    return field.permute(3, 0, 1, 2).float()
+
+
+def _steepest(field: torch.Tensor, step_mm: float) -> float:
+    """Largest finite-difference displacement gradient of a (3, G, G, G) field."""
+    return max(float(field.diff(dim=axis).abs().max()) for axis in (1, 2, 3)) / step_mm
+
+
+def _structure_balls(case: LabelCase, names: Sequence[str], frame_to_ras: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroids (S, 3) frame mm and radii (S,) mm (of the ball of equal volume) of structures of a case."""
+    ras_to_frame = np.linalg.inv(frame_to_ras)
+    voxel_ml = abs(float(np.linalg.det(case.ijk_to_ras[:3, :3])))
+    frame_scale = abs(float(np.linalg.det(ras_to_frame[:3, :3]))) ** (1.0 / 3.0)
+    centres, radii = [], []
+    for name in names:
+        if name not in case.names:
+            raise CardioInputError("dilate", f"names {name!r}, which is not a structure of {case.name}",
+                                   f"its structures: {', '.join(case.names)}")
+        voxels = np.argwhere(case.index == case.names.index(name) + 1)
+        if not len(voxels):
+            centres.append(np.zeros(3))
+            radii.append(0.0)
+            continue
+        centre_ras = case.ijk_to_ras[:3, :3] @ voxels.mean(axis=0) + case.ijk_to_ras[:3, 3]
+        centres.append(ras_to_frame[:3, :3] @ centre_ras + ras_to_frame[:3, 3])
+        radii.append(frame_scale * (3.0 * len(voxels) * voxel_ml / (4.0 * math.pi)) ** (1.0 / 3.0))
+    return torch.tensor(np.array(centres)), torch.tensor(radii)
+
+
+def random_warp(
+    generator: torch.Generator, size: int, spacing_mm: float, options: SynthOptions,
+    case: LabelCase | None = None, frame_to_ras: np.ndarray | None = None,
+) -> FrameWarp | None:
+    """A random :class:`FrameWarp` over the frame cube, or None when ``options`` asks for no
+    deformation (no random draw is made then).
+
+    Elastic part: independent normal displacements of standard deviation ``options.elastic_mm``
+    at the ``options.elastic_grid``^3 control points. Scaling part (when ``options.dilate`` names
+    structures of ``case``, placed in the frame by ``frame_to_ras``): each scaled by a factor
+    drawn log-uniformly in ``options.dilate_range`` (:func:`structure_scaling_field`), on a
+    :data:`DILATION_GRID`^3 field. The elastic part is shrunk when needed so that no displacement
+    gradient exceeds 0.6 (0.5 without scaling), keeping the warp invertible."""
+    if options.elastic_mm <= 0 and not options.dilate:
         return None
     grid = int(options.elastic_grid)
     if grid < 2:
         raise CardioInputError("elastic_grid", f"must be at least 2 control points per side, got {grid}")
-    field = options.elastic_mm * torch.randn((3, grid, grid, grid), generator=generator)
-    step_mm = int(size) * float(spacing_mm) / (grid - 1)
-    steepest = max(float(field.diff(dim=axis).abs().max()) for axis in (1, 2, 3)) / step_mm
-    if steepest > 0.5:
-        field = field * (0.5 / steepest)
-    return FrameWarp.on_frame(field, size, spacing_mm)
+    extent_mm = int(size) * float(spacing_mm)
+    field = max(options.elastic_mm, 0.0) * torch.randn((3, grid, grid, grid), generator=generator)
+    if not options.dilate:
+        steepest = _steepest(field, extent_mm / (grid - 1))
+        return FrameWarp.on_frame(field * min(1.0, 0.5 / steepest) if steepest > 0 else field, size, spacing_mm)
+    low, high = options.dilate_range
+    if not 0 < low <= high:
+        raise CardioInputError("dilate_range", f"must be two factors 0 < low <= high, got {options.dilate_range}")
+    if case is None or frame_to_ras is None:
+        raise CardioInputError("dilate", "needs the case and its frame placement to find the structures")
+    draws = torch.rand(len(options.dilate), generator=generator, dtype=torch.float64)
+    scales = torch.exp(math.log(low) + (math.log(high) - math.log(low)) * draws)
+    centres, radii = _structure_balls(case, options.dilate, frame_to_ras)
+    present = radii > 0
+    scaling = structure_scaling_field(centres[present], radii[present], scales[present], size, spacing_mm,
+                                      DILATION_GRID)
+    elastic = F.interpolate(field[None], size=(DILATION_GRID,) * 3, mode="trilinear", align_corners=True)[0]
+    step_mm = extent_mm / (DILATION_GRID - 1)
+    room = max(0.0, _MAX_WARP_GRADIENT - _steepest(scaling, step_mm))
+    steepest = _steepest(elastic, step_mm)
+    if steepest > room:
+        elastic = elastic * (room / steepest)
+    return FrameWarp.on_frame(elastic + scaling, size, spacing_mm)
 
 
 def _sampling_grid(
@@ -441,6 +532,19 @@ class SynthOptions:
         elastic_mm: standard deviation, mm, of the random smooth shape deformation
             (:func:`random_warp`); 0 keeps the label map's shape.
         elastic_grid: control points per side of that deformation over the frame cube.
+        dilate: structures each scaled about its centroid by its own random factor (a local
+            radial warp, :func:`structure_scaling_field`): a dilated or contracted chamber,
+            as between end-systole and end-diastole or in a dilated ventricle, with the tissue
+            around it pushed aside rather than thickened.
+        dilate_range: range of those factors (radius, inside the structure), drawn
+            log-uniformly; e.g. (0.85, 1.5) spans about 0.6x to 3.4x the chamber's volume.
+        contrast: how label intensities are drawn (:data:`CONTRASTS`): ``"random"``, each label
+            U(0, 1) independently (SynthSeg: any contrast, boundaries between labels of similar
+            draws may vanish); ``"ct"``, contrast-enhanced cardiac CT (every blood pool bright at
+            one level with small differences, myocardium darker, background dark to mid);
+            ``"mr"``, bright-blood cine MR (bSSFP: blood pools bright, myocardium dark,
+            background anywhere, fat bright). Structures whose name contains ``"myocardium"``
+            are muscle, the others blood pools.
     """
 
     supersample: int = 2
@@ -453,6 +557,9 @@ class SynthOptions:
     flip_contrast_prob: float = 0.0
     elastic_mm: float = 0.0
     elastic_grid: int = 5
+    dilate: tuple[str, ...] = ()
+    dilate_range: tuple[float, float] = (1.0, 1.0)
+    contrast: str = "random"
 
 
 @dataclass(frozen=True)
@@ -474,6 +581,51 @@ class SynthSample:
     frame_to_ras: np.ndarray
     case: str
     warp: FrameWarp | None = None
+
+
+#: Contrast models of :class:`SynthOptions`.
+CONTRASTS = ("random", "ct", "mr")
+# Per contrast model: (blood pool level range, spread of each pool about it, myocardium range,
+# background range); intensities before bias, noise, gamma and normalisation.
+_CONTRAST_RANGES = {
+    "ct": ((0.65, 0.9), 0.06, (0.35, 0.5), (0.0, 0.6)),
+    "mr": ((0.6, 0.9), 0.06, (0.1, 0.3), (0.0, 0.9)),
+}
+
+
+def is_muscle(structure: str) -> bool:
+    """Whether a structure is drawn as myocardium by the ``"ct"`` and ``"mr"`` contrast models."""
+    return "myocardium" in structure
+
+
+def label_means(
+    muscle: Sequence[bool], n_background: int, generator: torch.Generator, contrast: str = "random"
+) -> torch.Tensor:
+    """Mean intensity of every label of a synthetic image.
+
+    Args:
+        muscle: per structure, True for myocardium and False for a blood pool (used by the
+            ``"ct"`` and ``"mr"`` models only).
+        n_background: random background tissue classes.
+        contrast: one of :data:`CONTRASTS` (see :class:`SynthOptions`).
+
+    Returns:
+        (1 + len(muscle) + n_background,) float32: index 0 background, ``s + 1`` structure ``s``,
+        then the background classes.
+    """
+    n_labels = 1 + len(muscle) + n_background
+    if contrast == "random":
+        return torch.rand(n_labels, generator=generator)
+    if contrast not in _CONTRAST_RANGES:
+        raise CardioInputError("contrast", f"unknown contrast model {contrast!r}", f"choose one of {', '.join(CONTRASTS)}")
+    blood, spread, myocardium, background = _CONTRAST_RANGES[contrast]
+    level = _uniform(generator, *blood)
+    means = torch.empty(n_labels)
+    for s, is_muscle in enumerate(muscle):
+        means[s + 1] = _uniform(generator, *myocardium) if is_muscle else level + _uniform(generator, -spread, spread)
+    for label in [0, *range(1 + len(muscle), n_labels)]:
+        means[label] = _uniform(generator, *background)
+    return means
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -502,24 +654,26 @@ def _thick_slices(image: torch.Tensor, axis: int, factor: int) -> torch.Tensor:
 
 
 def synthesize_image(
-    index: torch.Tensor, n_structures: int, generator: torch.Generator, options: SynthOptions
+    index: torch.Tensor, muscle: Sequence[bool], generator: torch.Generator, options: SynthOptions
 ) -> torch.Tensor:
     """A random CT/MR-like image of a structure index map.
 
     Steps: each label (structures and, when ``options.n_background_classes`` > 0, random smooth
-    background classes replacing index 0) gets a mean intensity U(0, 1) and a within-label
+    background classes replacing index 0) gets a mean intensity (:func:`label_means`, by
+    ``options.contrast``) and a within-label
     standard deviation U(0, 0.05); then a bias field, blur, optional thick slices, Gaussian noise,
     gamma, percentile normalisation to [0, 1] (:func:`normalise_intensity`) and an optional
     contrast flip. Every random draw comes from ``generator`` (MONAI transforms get a numpy
     RandomState seeded from it), so a seed gives one image.
 
     Args:
-        index: (D, H, W) int64 structure index, values in 0..n_structures.
-        n_structures: number of structures.
+        index: (D, H, W) int64 structure index, values in 0..len(muscle).
+        muscle: per structure, whether it is myocardium (see :func:`label_means`).
 
     Returns:
         (D, H, W) float32 in [0, 1], on ``index``'s device (computed on the CPU).
     """
+    n_structures = len(muscle)
     if index.ndim != 3:
         raise VolumeError("index", f"must be a 3-D structure index map, got shape {tuple(index.shape)}")
     if index.numel() and (int(index.min()) < 0 or int(index.max()) > n_structures):
@@ -531,7 +685,7 @@ def synthesize_image(
         classes = _background_classes(labels.shape, options.n_background_classes, generator)
         labels = torch.where(labels == 0, n_labels + classes, labels)
         n_labels += options.n_background_classes
-    means = torch.rand(n_labels, generator=generator)
+    means = label_means(muscle, max(0, options.n_background_classes), generator, options.contrast)
     stds = _WITHIN_LABEL_STD * torch.rand(n_labels, generator=generator)
     image = means[labels] + stds[labels] * torch.randn(labels.shape, generator=generator)
 
@@ -577,11 +731,11 @@ def synthesize_sample(
     """
     _checked_frame(size, spacing_mm)
     frame_to_ras = random_pose(generator, case.centre) if pose is None else checked_matrix(pose, "pose")
-    warp = random_warp(generator, size, spacing_mm, options)
+    warp = random_warp(generator, size, spacing_mm, options, case, frame_to_ras)
     factor = max(1, int(options.supersample))
     fine = resample_to_frame(case.index, case.ijk_to_ras, frame_to_ras, size * factor, spacing_mm / factor,
                              mode="nearest", warp=warp).long()
-    image = synthesize_image(fine, len(case.names), generator, options)
+    image = synthesize_image(fine, [is_muscle(n) for n in case.names], generator, options)
     if factor > 1:
         image = F.avg_pool3d(image[None, None], factor)[0, 0]
     index = resample_to_frame(case.index, case.ijk_to_ras, frame_to_ras, size, spacing_mm, mode="nearest",

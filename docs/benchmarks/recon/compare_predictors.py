@@ -6,7 +6,7 @@ Predict mode does; the script prints the medians over images and the self-inters
 pairs left per image.
 
     .venv/bin/python docs/benchmarks/recon/compare_predictors.py [--refine-steps N] [--labels FILE ...]
-        [--images N] [--seed S] MODEL.pt [MODEL.pt ...]
+        [--images N] [--seed S] [--contrast random ct mr] MODEL.pt [MODEL.pt ...]
 
 ``bundled`` stands for the bundled predictor; ``--refine-steps N`` scores each model twice, as
 predicted and refined against its own segmentation for N steps (output of
@@ -24,7 +24,7 @@ import torch
 
 from cardiocore.recon.predict import MeshPredictor
 from cardiocore.recon.predict_eval import evaluate_on_synthetic, summarise
-from cardiocore.recon.synth import load_cases
+from cardiocore.recon.synth import CONTRASTS, SynthOptions, load_cases
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--refine-steps", type=int, default=0)
@@ -32,15 +32,18 @@ parser.add_argument("--labels", nargs="+", default=["../shared/data/mmwhs_ct_lab
                     help="MM-WHS label maps to synthesise images of (default the held-out ct_train_1012)")
 parser.add_argument("--images", type=int, default=8, help="images per label map")
 parser.add_argument("--seed", type=int, default=1)
+parser.add_argument("--contrast", nargs="+", default=["random"], choices=CONTRASTS,
+                    help="intensity models of the synthetic images (SynthOptions.contrast), each scored")
 parser.add_argument("models", nargs="+")
 args = parser.parse_args()
 torch.set_num_threads(2)
 cases = load_cases(args.labels, "mmwhs")
 for path in args.models:
     predictor = MeshPredictor.from_bundled(device="cpu") if path == "bundled" else MeshPredictor.load(path)
-    for steps in [0] + ([args.refine_steps] if args.refine_steps > 0 else []):
-        rows = evaluate_on_synthetic(predictor, cases, images_per_case=args.images, seed=args.seed,
-                                    refine_steps=steps)
-        medians = {k.removeprefix("median_"): round(v, 3) for k, v in summarise(rows, predictor.names).items()}
-        print(path, f"refine_steps={steps}", medians, "self-intersecting face pairs per image",
-              [r["self_intersections"] for r in rows], flush=True)
+    for contrast in args.contrast:
+        for steps in [0] + ([args.refine_steps] if args.refine_steps > 0 else []):
+            rows = evaluate_on_synthetic(predictor, cases, images_per_case=args.images, seed=args.seed,
+                                        refine_steps=steps, options=SynthOptions(contrast=contrast))
+            medians = {k.removeprefix("median_"): round(v, 3) for k, v in summarise(rows, predictor.names).items()}
+            print(path, f"contrast={contrast}", f"refine_steps={steps}", medians, "self-intersecting face pairs per image",
+                  [r["self_intersections"] for r in rows], flush=True)
