@@ -5,15 +5,19 @@ Each model file is scored on 8 synthetic images (seed 1, i.e. other images than 
 Predict mode does; the script prints the medians over images and the self-intersecting face
 pairs left per image.
 
-    .venv/bin/python docs/benchmarks/recon/compare_predictors.py [--refine-steps N] [--labels FILE ...]
-        [--images N] [--seed S] [--contrast random ct mr] MODEL.pt [MODEL.pt ...]
+    .venv/bin/python docs/benchmarks/recon/compare_predictors.py MODEL.pt [MODEL.pt ...] [--refine-steps N]
+        [--labels FILE ...] [--images N] [--seed S] [--contrast random ct mr]
 
 ``bundled`` stands for the bundled predictor; ``--refine-steps N`` scores each model twice, as
-predicted and refined against its own segmentation for N steps (output of
-``--refine-steps 60 bundled``: ``refine-1.2.0.txt``; on two of the network's training label maps,
-``--refine-steps 60 --labels <ct_train_1005> <ct_train_1002> --images 3 --seed 2 bundled``:
-``refine-1.2.0-training-maps.txt``). Output of the 1.1.0 / 1.2.0 comparison:
-``compare-1.1.0-1.2.0.txt`` (1.1.0: ``git show f1127ef:Resources/Models/cardiorecon-whs-1.1.0.pt``).
+predicted and refined against its own segmentation for N steps; ``--contrast`` picks the intensity
+models of the images (``SynthOptions.contrast``). Outputs kept: 1.3.0, ``bundled --refine-steps 60
+--contrast random ct mr``: ``refine-1.3.0.txt``, and on two of its training label maps
+``bundled --refine-steps 60 --labels <ct_train_1005> <ct_train_1002> --images 3 --seed 2``:
+``refine-1.3.0-training-maps.txt``; the same for 1.2.0 (``git show
+843122d:Resources/Models/cardiorecon-whs-1.2.0.pt``): ``refine-1.2.0.txt``,
+``refine-1.2.0-training-maps.txt``, and ``--contrast ct mr``: ``contrast-1.2.0.txt``; the 1.1.0 /
+1.2.0 comparison: ``compare-1.1.0-1.2.0.txt`` (1.1.0: ``git show
+f1127ef:Resources/Models/cardiorecon-whs-1.1.0.pt``).
 """
 
 from __future__ import annotations
