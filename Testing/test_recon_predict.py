@@ -229,6 +229,14 @@ def test_cli_train_writes_a_model_and_scores_held_out_maps(tmp_path, phantom_cas
     assert (out / "held_out.json").is_file()
     assert cardio_main(["recon", "train", "--labels", files[0], "--steps", "4", "--grid-size", "32",
                         "--spacing-mm", "6", "--device", "cpu", "--out", str(out)]) == 2
+    # By default the LV cavity and RV are scaled (the rule set has both); --dilate alone: none.
+    for extra, expected in (([], ["lv_cavity", "rv"]), (["--dilate"], [])):
+        other = tmp_path / f"run{len(extra)}"
+        assert cardio_main(["recon", "train", "--labels", files[0], "--steps", "1", "--grid-size", "32",
+                            "--spacing-mm", "6", "--case-spacing-mm", "1.8", "--no-mie", "--device", "cpu",
+                            "--out", str(other), *extra]) == 0
+        options = MeshPredictor.load(other / "model.pt").card["settings"]["options"]
+        assert options["dilate"] == expected and options["dilate_range"] == [0.85, 1.65]
 
 
 def test_bench_predict_prints_speed_and_held_out_dice_with_targets(tiny_run, tmp_path, capsys) -> None:

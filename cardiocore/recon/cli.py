@@ -126,7 +126,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from cardiocore.recon.predict_eval import evaluate_on_synthetic, summarise
     from cardiocore.recon.predict_net import PredictNetSpec
-    from cardiocore.recon.predict_train import PredictTrainingSpec, train_predictor
+    from cardiocore.recon.predict_train import (
+        DEFAULT_DILATE,
+        DEFAULT_DILATE_RANGE,
+        PredictTrainingSpec,
+        train_predictor,
+    )
     from cardiocore.recon.template import load_template
     from cardiocore.train.atomic import write_json
 
@@ -136,14 +141,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                device=args.device)
     if args.elastic_mm is not None:
         spec.options = dataclasses.replace(spec.options, elastic_mm=args.elastic_mm)
-    if args.dilate is not None:
-        spec.options = dataclasses.replace(spec.options, dilate=tuple(args.dilate))
-    if args.dilate_range is not None:
-        spec.options = dataclasses.replace(spec.options, dilate_range=tuple(args.dilate_range))
     if args.no_mie:
         spec.weights = dataclasses.replace(spec.weights, mie=0.0)
     cases = _load_cases(args.labels, args.structures, args.case_spacing_mm)
     held_out = _load_cases(args.eval_labels or [], args.structures, args.case_spacing_mm)
+    dilate = (tuple(args.dilate) if args.dilate is not None
+              else tuple(n for n in DEFAULT_DILATE if all(n in case.names for case in cases)))
+    spec.options = dataclasses.replace(spec.options, dilate=dilate,
+                                       dilate_range=tuple(args.dilate_range or DEFAULT_DILATE_RANGE))
     print(f"training on {len(cases)} label maps: {', '.join(c.name for c in cases)}", flush=True)
 
     def report(step: int, total: int, metrics: dict[str, float]) -> None:
@@ -284,9 +289,10 @@ def add_recon_commands(commands: Any) -> None:
                        help="SD of the random smooth shape deformation of the label maps, mm (default 4; 0: none)")
     train.add_argument("--dilate", nargs="*", metavar="STRUCTURE",
                        help="structures scaled about their centroids by random factors (dilated or contracted "
-                            "chambers); none given: no scaling")
+                            "chambers); default: lv_cavity and rv where the rule set has them; "
+                            "--dilate with no names: no scaling")
     train.add_argument("--dilate-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
-                       help="range of those scale factors (radius; log-uniform)")
+                       help="range of those scale factors (radius; log-uniform; default 0.85 1.65)")
     train.add_argument("--init", help="start from a trained predictor: 'bundled' or a model file (fine-tuning); "
                                       "default: seeded random weights")
     train.add_argument("--seed", type=int, default=0)

@@ -64,6 +64,10 @@ from cardiocore.train.checkpoint import json_ready, load_checkpoint
 from cardiocore.train.loop import TrainConfig, Trainer, TrainResult
 
 MODEL_FILE = "model.pt"
+#: Chambers ``cardio recon train`` scales at random unless told otherwise (those the rule set has),
+#: and the range of their scale factors: what the bundled network's last stage was trained with.
+DEFAULT_DILATE = ("lv_cavity", "rv")
+DEFAULT_DILATE_RANGE = (0.85, 1.65)
 TrainProgress = Callable[[int, int, Mapping[str, float]], None]
 
 
