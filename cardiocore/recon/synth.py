@@ -25,6 +25,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,22 @@ class LabelCase:
     surfaces: tuple[np.ndarray, ...]
     centre: np.ndarray
     names: tuple[str, ...]
+
+    @cached_property
+    def balls_ras(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per structure, the centroid (S, 3) RAS mm and the radius (S,) mm of the ball of equal
+        volume (0 for a structure absent from ``index``); computed once per case."""
+        n = len(self.names) + 1
+        counts = np.bincount(self.index.reshape(-1), minlength=n)[1:n].astype(np.float64)
+        sums = np.zeros((n - 1, 3))
+        for axis, length in enumerate(self.index.shape):  # per-slice label counts: no coordinate arrays
+            per_slice = np.stack([np.bincount(np.take(self.index, i, axis=axis).reshape(-1), minlength=n)[1:n]
+                                  for i in range(length)])
+            sums[:, axis] = np.arange(length) @ per_slice
+        centres_ijk = sums / np.maximum(counts, 1.0)[:, None]
+        centres = centres_ijk @ self.ijk_to_ras[:3, :3].T + self.ijk_to_ras[:3, 3]
+        voxel_ml = abs(float(np.linalg.det(self.ijk_to_ras[:3, :3])))
+        return centres, (3.0 * counts * voxel_ml / (4.0 * math.pi)) ** (1.0 / 3.0)
 
 
 def _boundary_points(mask: np.ndarray, ijk_to_ras: np.ndarray, n_surface: int, rng: np.random.Generator) -> np.ndarray:
@@ -303,24 +320,18 @@ def _steepest(field: torch.Tensor, step_mm: float) -> float:
 
 
 def _structure_balls(case: LabelCase, names: Sequence[str], frame_to_ras: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centroids (S, 3) frame mm and radii (S,) mm (of the ball of equal volume) of structures of a case."""
+    """Centroids (S, 3) frame mm and radii (S,) mm (of the ball of equal volume; 0 when absent) of
+    structures of a case (:attr:`LabelCase.balls_ras` moved into the frame)."""
+    unknown = [name for name in names if name not in case.names]
+    if unknown:
+        raise CardioInputError("dilate", f"names {unknown[0]!r}, which is not a structure of {case.name}",
+                               f"its structures: {', '.join(case.names)}")
+    rows = [case.names.index(name) for name in names]
+    centres_ras, radii_mm = case.balls_ras
     ras_to_frame = np.linalg.inv(frame_to_ras)
-    voxel_ml = abs(float(np.linalg.det(case.ijk_to_ras[:3, :3])))
     frame_scale = abs(float(np.linalg.det(ras_to_frame[:3, :3]))) ** (1.0 / 3.0)
-    centres, radii = [], []
-    for name in names:
-        if name not in case.names:
-            raise CardioInputError("dilate", f"names {name!r}, which is not a structure of {case.name}",
-                                   f"its structures: {', '.join(case.names)}")
-        voxels = np.argwhere(case.index == case.names.index(name) + 1)
-        if not len(voxels):
-            centres.append(np.zeros(3))
-            radii.append(0.0)
-            continue
-        centre_ras = case.ijk_to_ras[:3, :3] @ voxels.mean(axis=0) + case.ijk_to_ras[:3, 3]
-        centres.append(ras_to_frame[:3, :3] @ centre_ras + ras_to_frame[:3, 3])
-        radii.append(frame_scale * (3.0 * len(voxels) * voxel_ml / (4.0 * math.pi)) ** (1.0 / 3.0))
-    return torch.tensor(np.array(centres)), torch.tensor(radii)
+    centres = centres_ras[rows] @ ras_to_frame[:3, :3].T + ras_to_frame[:3, 3]
+    return torch.from_numpy(centres), torch.from_numpy(frame_scale * radii_mm[rows])
 
 
 def random_warp(
@@ -626,8 +637,8 @@ def label_means(
     blood, spread, myocardium, background = _CONTRAST_RANGES[contrast]
     level = _uniform(generator, *blood)
     means = torch.empty(n_labels)
-    for s, is_muscle in enumerate(muscle):
-        means[s + 1] = _uniform(generator, *myocardium) if is_muscle else level + _uniform(generator, -spread, spread)
+    for s, muscular in enumerate(muscle):
+        means[s + 1] = _uniform(generator, *myocardium) if muscular else level + _uniform(generator, -spread, spread)
     for label in [0, *range(1 + len(muscle), n_labels)]:
         means[label] = _uniform(generator, *background)
     return means
@@ -690,7 +701,7 @@ def synthesize_image(
         classes = _background_classes(labels.shape, options.n_background_classes, generator)
         labels = torch.where(labels == 0, n_labels + classes, labels)
         n_labels += options.n_background_classes
-    means = label_means(muscle, max(0, options.n_background_classes), generator, options.contrast)
+    means = label_means(muscle, n_labels - 1 - n_structures, generator, options.contrast)
     stds = _WITHIN_LABEL_STD * torch.rand(n_labels, generator=generator)
     image = means[labels] + stds[labels] * torch.randn(labels.shape, generator=generator)
 
