@@ -207,6 +207,21 @@ def test_training_with_the_trainer_lowers_the_loss(trained) -> None:
     assert losses[-1] < 0.35 and losses[-1] < losses[0]
 
 
+def test_evaluation_loss_uses_the_same_draws_and_training_loss_fresh_ones(trained) -> None:
+    """Validation compares checkpoints on one fixed draw of noise and steps; training keeps drawing."""
+    diffusion, data, _ = trained
+    latents, phase, edv = data["latents"][:300], data["phase"][:300], data["edv"][:300, None]
+    with torch.no_grad():
+        first = diffusion.training_loss(latents, phase, edv)
+        torch.randn(5)  # the global random stream moves on; the evaluation draw must not
+        assert diffusion.training_loss(latents, phase, edv) == first
+        diffusion.train()
+        try:
+            assert diffusion.training_loss(latents, phase, edv) != diffusion.training_loss(latents, phase, edv)
+        finally:
+            diffusion.eval()
+
+
 def test_trained_samples_match_the_data(trained) -> None:
     diffusion, data, _ = trained
     latents = data["latents"]

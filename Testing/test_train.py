@@ -16,15 +16,17 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
-from train_helpers.tiny_run import build_trainer, mse_loss
+from train_helpers.tiny_run import build_trainer, make_dataset, make_model, mse_loss
 
 from cardiocore.errors import CardioInputError, WeightsError
 from cardiocore.train.checkpoint import (
     CheckpointFolder,
     capture_rng_state,
+    export_model_weights,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    trained_weights,
 )
 from cardiocore.train.atomic import atomic_write, write_json
 from cardiocore.train.device import amp_policy, seed_everything, select_device
@@ -280,6 +282,50 @@ def test_step_fn_with_step_context_equals_loss_fn(reference_params):
     trainer = build_trainer(None, TOTAL_STEPS, checkpoint_every=None, loss_fn=None, step_fn=mse_step)
     assert trainer.fit().history[-1]["grad_norm"] > 0
     assert_bitwise_equal(trainer.model.state_dict(), reference_params[0.0])
+
+
+def test_moving_average_of_weights_is_validated_checkpointed_and_resumes_exactly(tmp_path):
+    """ema_decay: the average follows min(decay, (1 + n) / (10 + n)) after n updates, validation
+    scores it, trained_weights/export return it, and a stopped run resumes to the same average."""
+    decay = 0.8
+    snapshots = []
+    trainer = build_trainer(
+        tmp_path / "whole", TOTAL_STEPS, checkpoint_every=None, ema_decay=decay, val_data=make_dataset(8),
+        progress_callback=lambda step, total, metrics: snapshots.append(
+            {k: v.clone() for k, v in trainer.model.state_dict().items()}),
+    )
+    result = trainer.fit()
+    expected = {k: v.clone() for k, v in snapshots[0].items()}
+    for n, weights in enumerate(snapshots[1:], start=1):
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        expected = {k: expected[k] + weight * (weights[k] - expected[k]) for k in expected}
+    last = load_checkpoint(tmp_path / "whole" / "last.pt")
+    average = trained_weights(last)
+    for name, value in expected.items():
+        torch.testing.assert_close(average[name], value, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(average["0.weight"], last["model"]["0.weight"])  # the average, not the last step
+
+    averaged_model = make_model(0.0)
+    averaged_model.load_state_dict(average)
+    x, y = make_dataset(8).tensors  # one validation batch of 8
+    val_loss = [entry["val/loss"] for entry in result.history if "val/loss" in entry][-1]
+    assert val_loss == pytest.approx(torch.nn.functional.mse_loss(averaged_model(x), y).item(), rel=1e-5)
+    exported = torch.load(export_model_weights(tmp_path / "whole" / "last.pt", tmp_path / "model.pt"), weights_only=True)
+    assert_bitwise_equal(exported["model"], average)
+
+    stop = threading.Event()
+    build_trainer(
+        tmp_path / "parts", TOTAL_STEPS, checkpoint_every=None, ema_decay=decay, should_stop=stop,
+        progress_callback=lambda step, total, metrics: stop.set() if step == 11 else None,
+    ).fit()
+    build_trainer(tmp_path / "parts", TOTAL_STEPS, checkpoint_every=None, ema_decay=decay).fit(resume=True)
+    assert_bitwise_equal(trained_weights(load_checkpoint(tmp_path / "parts" / "last.pt")), average)
+
+    build_trainer(tmp_path / "plain", 4, checkpoint_every=None).fit()
+    with pytest.raises(CardioInputError, match="no moving average"):
+        build_trainer(tmp_path / "plain", 8, checkpoint_every=None, ema_decay=decay, overwrite=True).fit(resume=True)
+    with pytest.raises(CardioInputError, match="strictly between 0 and 1"):
+        TrainConfig(batch_size=4, max_steps=10, ema_decay=1.0)
 
 
 def test_configuration_errors_are_explained():

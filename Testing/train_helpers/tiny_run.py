@@ -52,6 +52,8 @@ def build_trainer(
     checkpoint_every: int | None = 5,
     with_scheduler: bool = True,
     loss_fn=mse_loss,
+    ema_decay: float | None = None,
+    overwrite: bool = False,
     **trainer_options,
 ) -> Trainer:
     """A trainer over ``make_dataset()`` with SGD + momentum and (optionally) a step scheduler."""
@@ -69,6 +71,8 @@ def build_trainer(
         log_every=1,
         grad_clip_norm=5.0,
         run_config={"dropout": dropout, "hidden": 16},
+        ema_decay=ema_decay,
+        overwrite=overwrite,
     )
     return Trainer(model, optimizer, loss_fn, make_dataset(), config=config, scheduler=scheduler, **trainer_options)
 

@@ -37,6 +37,8 @@ from cardiocore.gen.denoiser import LatentDenoiser
 from cardiocore.gen.samplers import DEFAULT_FAST_STEPS, DEFAULT_SAMPLER, SAMPLERS
 
 PHASE_NAMES = ("ED", "ES")
+_VALIDATION_SEED = 20240
+"""Seed of the noise and steps of the evaluation-mode loss (same draws for every checkpoint)."""
 
 PhaseInput = int | str | Sequence[int] | torch.Tensor | None
 ConditionInput = Sequence[float] | torch.Tensor | None
@@ -165,6 +167,9 @@ class LatentDiffusion(nn.Module):
         z0: (B, D) clean latents in the training frame; phase: (B,) labels (0 = ED, 1 = ES),
         one label for all, or None (unknown); conditions: (B, C) values in their units, NaN =
         unknown, or None. In training mode conditions are dropped for guidance. Scalar.
+
+        In evaluation mode the noise and steps come from a fixed seed, so that validation scores
+        of different checkpoints compare on the same draws rather than on fresh random ones.
         """
         z = self.normalise_latent(self._check_latents(z0, "z0"))
         batch = z.shape[0]
@@ -172,8 +177,9 @@ class LatentDiffusion(nn.Module):
         values = self._standardised_conditions(conditions, batch, z.device)
         if self.training and self.condition_dropout > 0:
             labels, values = self._drop_conditions(labels, values)
-        noise = torch.randn_like(z)
-        timesteps = torch.randint(0, self.num_train_timesteps, (batch,), device=z.device)
+        generator = None if self.training else torch.Generator(device=z.device).manual_seed(_VALIDATION_SEED)
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        timesteps = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator, device=z.device)
         noisy = self.ddpm.add_noise(z, noise, timesteps)
         return nn.functional.mse_loss(self.denoiser(noisy, timesteps, labels, values), noise)
 

@@ -44,7 +44,7 @@ from cardiocore.gen.model import CONDITION_NAMES, DIFFUSION_KEYS, CardioGenModel
 from cardiocore.gen.vae import KLAnnealing, VAEObjective
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.geometry.volume import cavity_volume_ml
-from cardiocore.train.checkpoint import json_ready, load_checkpoint
+from cardiocore.train.checkpoint import json_ready, load_checkpoint, trained_weights
 from cardiocore.train.loop import TrainConfig, Trainer, TrainResult
 
 GenProgress = Callable[[str, int, int, Mapping[str, float]], None]
@@ -60,6 +60,7 @@ VAE_FIELDS = (
 )
 DIFFUSION_FIELDS = (
     "diffusion_steps", "diffusion_batch", "diffusion_lr", "hidden", "layers", "timesteps", "condition_dropout",
+    "diffusion_ema",
 )
 
 
@@ -74,7 +75,9 @@ class GenTrainingSpec:
     start keeps early training from being drowned in sampling noise; the KL term then sets it).
     Diffusion: ``layers`` FiLM residual layers of width ``hidden``, ``timesteps`` linear-beta
     DDPM steps, Adam at ``diffusion_lr`` with cosine decay over ``diffusion_steps`` steps of
-    ``diffusion_batch`` latents, condition dropout ``condition_dropout``.
+    ``diffusion_batch`` latents, condition dropout ``condition_dropout``; the diffusion models
+    kept are the moving average of their weights with decay ``diffusion_ema`` (None: the last
+    weights), which varies less from run to run than the weights of any single step.
     """
 
     channels: tuple[int, ...] = (3, 16, 16, 32, 32)
@@ -92,6 +95,7 @@ class GenTrainingSpec:
     layers: int = 6
     timesteps: int = 1000
     condition_dropout: float = 0.1
+    diffusion_ema: float | None = 0.999
     split: tuple[float, ...] = (0.8, 0.1, 0.1)
     split_seed: int = 0
     seed: int = 0
@@ -203,6 +207,7 @@ class _StageRunner:
     def run(
         self, stage: str, model: torch.nn.Module, loss_fn: Callable, train: Any, val: Any,
         steps: int, batch: int, lr: float, best_metric: str, run_config: dict[str, Any],
+        ema_decay: float | None = None,
     ) -> TrainResult:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr * 0.02)
@@ -219,6 +224,7 @@ class _StageRunner:
             show_progress=self.progress is None,
             overwrite=self.overwrite,
             run_config=json_ready(run_config),
+            ema_decay=ema_decay,
         )
         report = self.progress
         callback = None if report is None else functools.partial(report, stage)
@@ -236,10 +242,11 @@ class _StageRunner:
             ) from error
 
     def load_best(self, stage: str, model: torch.nn.Module) -> None:
-        """Load the stage's best validation checkpoint (else its last) into ``model``."""
+        """Load the stage's best validation checkpoint (else its last) into ``model`` (its moving
+        average of the weights when the stage kept one)."""
         folder = self.out_dir / stage
         path = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
-        model.load_state_dict(load_checkpoint(path)["model"])
+        model.load_state_dict(trained_weights(load_checkpoint(path)))
 
 
 def train_cardiogen(
@@ -319,7 +326,7 @@ def train_cardiogen(
         result = runner.run(
             f"diffusion-{key}", model, latent_diffusion_loss, train_data, val_data, spec.diffusion_steps,
             spec.diffusion_batch, spec.diffusion_lr, "val/loss",
-            {**data_identity, "spec": spec.stage_identity("diffusion"), "model": key},
+            {**data_identity, "spec": spec.stage_identity("diffusion"), "model": key}, spec.diffusion_ema,
         )
         if result.stopped_early:
             return TrainedGen(None, None, splits)

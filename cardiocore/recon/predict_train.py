@@ -60,7 +60,7 @@ from cardiocore.recon.synth import (
     warp_grid_size,
 )
 from cardiocore.recon.template import HeartTemplate
-from cardiocore.train.checkpoint import json_ready, load_checkpoint
+from cardiocore.train.checkpoint import json_ready, load_checkpoint, trained_weights
 from cardiocore.train.loop import TrainConfig, Trainer, TrainResult
 
 MODEL_FILE = "model.pt"
@@ -397,7 +397,7 @@ def train_predictor(
                                "lower --batch or train with --device cpu (resume with --resume)") from error
     folder = out / "checkpoints"
     best = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
-    net.load_state_dict(load_checkpoint(best)["model"])
+    net.load_state_dict(trained_weights(load_checkpoint(best)))
     net.cpu().eval()
     validation = {k: v for k, v in (result.history[-1] if result.history else {}).items() if k.startswith("val/")}
     predictor.card = {

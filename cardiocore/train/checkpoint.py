@@ -137,6 +137,13 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+
+def trained_weights(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights to use from a checkpoint read by :func:`load_checkpoint`: the moving average
+    when the run kept one (``TrainConfig.ema_decay``), else the trained parameters."""
+    average = state.get("ema")
+    return average["model"] if average else state["model"]
+
 class CheckpointFolder:
     """A checkpoint folder holding ``last.pt`` (the newest state) and ``best.pt`` (the best one).
 
@@ -207,10 +214,12 @@ def export_model_weights(checkpoint_path: str | os.PathLike, target: str | os.Pa
     """Write just the model of a training checkpoint, ready to ship or to ``register_user_model``.
 
     The file holds ``{"model": state_dict, "config": run identity, "cardiocore_version": str,
-    "step": int}`` (no optimizer or RNG state) and is written atomically.
+    "step": int}`` (no optimizer or RNG state) and is written atomically; the state dict is
+    :func:`trained_weights` (the moving average when the run kept one).
     """
     state = load_checkpoint(checkpoint_path)
-    weights = {key: state[key] for key in ("model", "config", "cardiocore_version", "step")}
+    weights = {key: state[key] for key in ("config", "cardiocore_version", "step")}
+    weights["model"] = trained_weights(state)
     return save_checkpoint(target, weights)
 
 

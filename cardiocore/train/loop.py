@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
 
 import cardiocore
@@ -94,6 +95,12 @@ class TrainConfig:
     run_config: the method's own settings (architecture, loss weights...), JSON-compatible;
         stored in checkpoints and compared when resuming or reusing a checkpoint folder.
     overwrite: allow replacing checkpoints written by a run with a different configuration.
+    ema_decay: keep an exponential moving average of the parameters and buffers, updated after
+        every optimizer step with this decay (e.g. 0.999, an average over about the last 1,000
+        steps), warmed up as min(decay, (1 + n) / (10 + n)) after n updates so that short runs
+        average their last n / 9 steps rather than their initial weights; validation, and so ``best.pt``, then score the averaged weights, checkpoints
+        hold both, and :func:`cardiocore.train.checkpoint.trained_weights` returns the average.
+        None: no average.
     """
 
     batch_size: int
@@ -114,6 +121,7 @@ class TrainConfig:
     show_progress: bool = True
     overwrite: bool = False
     run_config: dict[str, Any] = field(default_factory=dict)
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if (self.max_steps is None) == (self.epochs is None):
@@ -128,6 +136,8 @@ class TrainConfig:
             raise CardioInputError("TrainConfig.amp", f"{self.amp!r} is not one of {', '.join(AMP_MODES)}")
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
             raise CardioInputError("TrainConfig.grad_clip_norm", f"must be positive, got {self.grad_clip_norm}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise CardioInputError("TrainConfig.ema_decay", f"must lie strictly between 0 and 1, got {self.ema_decay}")
         try:
             json.dumps(self.run_config)
         except TypeError as error:
@@ -141,6 +151,8 @@ class TrainConfig:
             if item.name not in RESUMABLE_FIELDS
         }
         values["run_config"] = json.loads(json.dumps(values["run_config"]))
+        if values["ema_decay"] is None:  # absent, as in checkpoints written before the option existed
+            del values["ema_decay"]
         return values
 
 
@@ -225,6 +237,22 @@ def _split_loss_output(output: LossOutput) -> tuple[torch.Tensor, Mapping[str, A
         loss, metrics = output
         return loss, metrics
     return output, {}
+
+
+def _warmed_up_ema(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """``AveragedModel`` update: exponential moving average at min(decay, (1 + n) / (10 + n))."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = float(n_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        with torch.no_grad():
+            for average, value in zip(averaged, current):
+                if average.is_floating_point():
+                    average.lerp_(value.to(average.dtype), weight)
+                else:  # counters such as BatchNorm's num_batches_tracked follow the model
+                    average.copy_(value)
+
+    return update
 
 
 def _stop_check(should_stop: Callable[[], bool] | threading.Event | None) -> Callable[[], bool]:
@@ -331,6 +359,10 @@ class Trainer:
         per_rank_batch = config.batch_size // context.world_size
         seed_everything(config.seed + context.rank)
         self.model.to(context.device)
+        self._ema = (
+            None if config.ema_decay is None
+            else AveragedModel(self.model, multi_avg_fn=_warmed_up_ema(config.ema_decay), use_buffers=True)
+        )
         self._amp = amp_policy(config.amp, context.device)
         self._scaler = torch.amp.GradScaler(context.device.type, enabled=self._amp.use_grad_scaler)
         train = EpochBatches(
@@ -443,6 +475,8 @@ class Trainer:
             raw_metrics = {"loss": loss, **extra}
             if grad_norm is not None:
                 raw_metrics["grad_norm"] = grad_norm
+        if self._ema is not None:
+            self._ema.update_parameters(self.model)
         stop_here = self._user_stop() or self._signal_stop.is_set()
         names = sorted(raw_metrics)
         values = [_as_float(raw_metrics[name]) for name in names] + [1.0 if stop_here else 0.0]
@@ -452,13 +486,15 @@ class Trainer:
         return {name: summed[i] / world for i, name in enumerate(names)}, summed[-1] > 0
 
     def _validate(self, position: _Position, progress: ProgressReporter) -> bool:
-        """Mean validation metrics over all batches of all ranks; True if a new best."""
-        self.model.eval()
+        """Mean validation metrics (of the averaged weights when ``ema_decay`` is set) over all
+        batches of all ranks; True if a new best."""
+        evaluated = self.model if self._ema is None else self._ema.module
+        evaluated.eval()
         sums: dict[str, float] = {}
         batches = 0
         with torch.no_grad(), self._amp.autocast():
             for batch in self._val_loader:
-                loss, extra = _split_loss_output(self.val_fn(self.model, move_to_device(batch, self._context.device)))
+                loss, extra = _split_loss_output(self.val_fn(evaluated, move_to_device(batch, self._context.device)))
                 for name, value in {"loss": loss, **extra}.items():
                     sums[name] = sums.get(name, 0.0) + _as_float(value)
                 batches += 1
@@ -498,6 +534,9 @@ class Trainer:
                 "config": self.config.identity(),
                 "history": self._history,
                 "best_metric": self._best,
+                "ema": None if self._ema is None else {
+                    "model": self._ema.module.state_dict(), "n_averaged": int(self._ema.n_averaged),
+                },
             }
             self._last_checkpoint = self._folder.save(state, is_best=is_best)
 
@@ -513,6 +552,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if self._scaler.is_enabled() and state.get("grad_scaler") is not None:
             self._scaler.load_state_dict(state["grad_scaler"])
+        if self._ema is not None:
+            self._restore_average(state)
         rng_states = state.get("rng") or []
         if len(rng_states) == context.world_size:
             restore_rng_state(rng_states[context.rank])
@@ -522,3 +563,14 @@ class Trainer:
         self._best = state.get("best_metric")
         self._last_checkpoint = self._folder.last_path
         return _Position(step=state["step"], epoch=state["epoch"], batch_in_epoch=state.get("batch_in_epoch", 0))
+
+    def _restore_average(self, state: Mapping[str, Any]) -> None:
+        """Load the checkpoint's moving average into ``self._ema``."""
+        average = state.get("ema")
+        if average is None:
+            raise CardioInputError(
+                str(self._folder.last_path), "holds no moving average of the weights, and this run keeps one",
+                "resume with the ema_decay the run started with, or start afresh",
+            )
+        self._ema.module.load_state_dict(average["model"])
+        self._ema.n_averaged.fill_(int(average["n_averaged"]))
