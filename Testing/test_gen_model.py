@@ -83,6 +83,24 @@ def test_conditions_per_mesh_and_virtual_subjects(tiny_gen):
     assert ef.shape == (6,) and np.isfinite(ef).all()
 
 
+def test_virtual_subjects_condition_es_on_edv_within_the_training_range(tiny_gen, monkeypatch):
+    """An ED sample larger than any training heart gets the ES of the largest EDV seen, not an extrapolation."""
+    model = tiny_gen.model
+    seen = model.reference["cavity_ml"][model.reference["phase"] == 0]
+    real_ed = tiny_gen.splits["train"].phase("ED").verts[:2]
+    centre = real_ed.mean(dim=1, keepdim=True)
+    huge = centre + 2.0 * (real_ed - centre)  # 8 times the volume
+    monkeypatch.setattr(model, "sample", lambda n, phase, **kwargs: huge)
+    given = []
+    conditional = model.diffusion["conditional"]
+    original = conditional.sample
+    monkeypatch.setattr(conditional, "sample", lambda *a, **kw: given.append(kw["conditions"]) or original(*a, **kw))
+    ed, es = model.sample_pairs(2, seed=0)
+    assert torch.equal(ed, huge) and es.shape == huge.shape
+    assert model.clinical(huge)["cavity_ml"].min() > seen.max()
+    torch.testing.assert_close(given[0][:, 0], torch.full((2,), float(seen.max())))
+
+
 def test_subject_conditions_are_measured_on_the_meshes():
     cohort = phantom_cohort(3)
     values = subject_conditions(cohort)
@@ -168,6 +186,22 @@ def test_cli_train_tiny_from_a_folder(app, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert '"stage": "vae"' in lines[0] and any('"stage": "diffusion-ED"' in line for line in lines)
     assert CardioGenModel.load(out / "model.pt").phases_available == ["ED"]
+
+
+def test_diffusion_retrained_on_a_kept_vae(tiny_gen, tmp_path):
+    """vae_from: the VAE (and its settings and split) is kept; only the diffusion models train."""
+    spec = GenTrainingSpec.tiny()
+    spec.models, spec.channels, spec.split_seed = ("ED",), (3, 4), 5  # VAE settings come from the kept model
+    result = train_cardiogen(phantom_cohort(24), tmp_path / "run", spec, vae_from=tiny_gen.model, progress=lambda *a: None)
+    assert not (tmp_path / "run" / "vae").exists() and (tmp_path / "run" / "diffusion-ED" / "last.pt").is_file()
+    kept = tiny_gen.model.vae.state_dict()
+    for name, value in result.model.vae.state_dict().items():
+        assert torch.equal(value, kept[name]), name
+    assert result.model.phases_available == ["ED"] and result.model.card["vae_from"].startswith("tiny-phantom")
+    assert result.model.card["spec"]["split_seed"] == tiny_gen.model.card["spec"]["split_seed"]
+    assert result.splits["test"].subject_ids == tiny_gen.splits["test"].subject_ids
+    with pytest.raises(CardioInputError, match="split"):
+        train_cardiogen(phantom_cohort(40), tmp_path / "other", spec, vae_from=tiny_gen.model, progress=lambda *a: None)
 
 
 def test_lv_regions_inferred_from_the_two_surfaces():

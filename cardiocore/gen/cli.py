@@ -70,6 +70,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cohort, args.out, spec, name=args.name, data_description=args.data_description or str(args.data),
         data_license=args.data_license, resume=args.resume, overwrite=args.overwrite,
         progress=_progress_printer(args.progress),
+        vae_from=load_model(args.vae_from, "cpu") if args.vae_from else None,
     )
     if result.stopped:
         print(f"training stopped; resume with the same command and --resume (checkpoints in {args.out})")
@@ -247,6 +248,11 @@ def add_gen_commands(commands: Any) -> None:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     train.add_argument("--register", action="store_true", help="add the model to the user's model list")
+    train.add_argument(
+        "--vae-from", metavar="MODEL",
+        help="keep this model's VAE (model.pt or a model name, e.g. cardiogen-cap) and train only the diffusion "
+        "models, on the cohort and split it was trained on",
+    )
     train.add_argument("--progress", choices=("bar", "json"), default="bar", help="json: one line per step")
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, mps")
     train.set_defaults(handler=_cmd_train)

@@ -218,12 +218,18 @@ class CardioGenModel(nn.Module):
         """``n`` virtual subjects: ED meshes (n, V, 3) and ES meshes (n, V, 3), mm.
 
         ED shapes come from the ED model (or the conditional one); each ES shape is drawn from the
-        conditional model given its ED partner's cavity volume.
+        conditional model given its ED partner's cavity volume, clipped to the range of end-diastolic
+        volumes in the training reference: beyond it the conditional model extrapolates (a 308 ml
+        ED sample, 56 ml above the largest training EDV, was once given a 2.3-litre ES shape).
         """
         if "conditional" not in self.diffusion:
             raise CardioInputError("sample_pairs", "needs a conditional model (ES given EDV)")
         ed = self.sample(n, "ED", seed=seed, steps=steps, sampler=sampler)
         edv = torch.as_tensor(self.clinical(ed)["cavity_ml"], dtype=torch.float32)
+        if "cavity_ml" in self.reference and "phase" in self.reference:
+            seen = self.reference["cavity_ml"][self.reference["phase"] == PHASE_NAMES.index("ED")]
+            if len(seen):
+                edv = edv.clamp(float(seen.min()), float(seen.max()))
         values = torch.stack([edv, torch.full_like(edv, float("nan"))], dim=1).to(self._device())
         generator = torch.Generator(device=self._device()).manual_seed(int(seed) + 1)
         latents = self.diffusion["conditional"].sample(

@@ -7,11 +7,14 @@ Stages, each a :class:`cardiocore.train.loop.Trainer` run with its own checkpoin
 2. ``vae``: the mesh VAE on the training shapes of both phases (the validation split picks the
    best checkpoint by mean per-vertex error in mm);
 3. ``diffusion-ED``, ``diffusion-ES``: one unconditional latent diffusion model per phase on the
-   VAE's posterior means of that phase (MeshLDM);
+   VAE's posterior means of that phase (MeshLDM), kept as the moving average of their weights;
 4. ``diffusion-conditional``: one model on all latents with the phase label and the subject's EDV
    (ml) and EF (%) as conditions, each dropped at random for classifier-free guidance;
 5. the result, ``out_dir/model.pt`` (:class:`cardiocore.gen.model.CardioGenModel`), with a model
    card (data, split, validation figures) and the training cohort's clinical distribution.
+
+``vae_from`` skips stage 2 and trains the diffusion models on the latents of an existing model's
+VAE (same cohort and split), e.g. to retrain them with other settings.
 
 EDV and EF come from the meshes themselves (cavity volume of the base-closed endocardium), so
 any cohort with ED and ES of the same subjects can condition on them; subjects with one phase
@@ -20,6 +23,7 @@ only get NaN (unknown) conditions.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import functools
@@ -41,7 +45,7 @@ from cardiocore.gen.data import ShapeCohort, ShapeDataset, ShapeNormalizer, spli
 from cardiocore.gen.denoiser import LatentDenoiser
 from cardiocore.gen.diffusion import PHASE_NAMES, LatentDataset, LatentDiffusion, latent_diffusion_loss
 from cardiocore.gen.model import CONDITION_NAMES, DIFFUSION_KEYS, CardioGenModel, build_vae
-from cardiocore.gen.vae import KLAnnealing, VAEObjective
+from cardiocore.gen.vae import KLAnnealing, MeshVAE, VAEObjective
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.geometry.volume import cavity_volume_ml
 from cardiocore.train.checkpoint import json_ready, load_checkpoint, trained_weights
@@ -261,6 +265,7 @@ def train_cardiogen(
     overwrite: bool = False,
     progress: GenProgress | None = None,
     should_stop: Callable[[], bool] | threading.Event | None = None,
+    vae_from: CardioGenModel | None = None,
 ) -> TrainedGen:
     """Train the VAE and the latent diffusion models of ``spec.models`` on ``cohort``; see module doc.
 
@@ -274,11 +279,16 @@ def train_cardiogen(
         progress: ``progress(stage, step, total, metrics)`` (None: a progress bar on stderr).
         should_stop: a callable or ``threading.Event``; when set the current stage checkpoints
             and the function returns a :class:`TrainedGen` with ``model`` None (resume later).
+        vae_from: a trained model whose VAE to keep: only the diffusion models are trained, on
+            its latents, with its VAE settings and split (the cohort must be the one it was
+            trained on: same vertices, faces and split sizes).
 
     Returns:
         :class:`TrainedGen` with the model, its file, the splits and validation figures.
     """
     spec = spec or GenTrainingSpec()
+    if vae_from is not None:
+        spec = _with_vae_settings_of(vae_from, spec)
     unknown = sorted(set(spec.models) - set(DIFFUSION_KEYS))
     if unknown or not spec.models:
         raise CardioInputError("models", f"must be some of {DIFFUSION_KEYS}, got {list(spec.models)}")
@@ -295,19 +305,12 @@ def train_cardiogen(
     data_identity = {"n_items": len(cohort), "n_vertices": cohort.n_vertices}
 
     torch.manual_seed(spec.seed)
-    hierarchy = MeshHierarchy.build(train_set.mean_shape(), cohort.faces, factors=spec.factors)
-    vae = build_vae(hierarchy, ShapeNormalizer.fit(train_set.verts), spec.channels, spec.latent_dim, spec.cheb_k)
-    torch.nn.init.constant_(vae.to_logvar.bias, spec.logvar_init)
-    val_shapes = ShapeDataset(val_set, vae.normalizer) if val_set is not None else None
-    result = runner.run(
-        "vae", vae, VAEObjective(KLAnnealing(1e-4, 1e-3, max(1, spec.vae_steps // 2))),
-        ShapeDataset(train_set, vae.normalizer), val_shapes, spec.vae_steps, spec.vae_batch, spec.vae_lr,
-        "val/vertex_error_mm" if val_shapes is not None else "val/loss",
-        {**data_identity, "spec": spec.stage_identity("vae")},
-    )
-    if result.stopped_early:
-        return TrainedGen(None, None, splits)
-    runner.load_best("vae", vae)
+    if vae_from is None:
+        vae = _train_vae(runner, spec, cohort, train_set, val_set, data_identity)
+        if vae is None:
+            return TrainedGen(None, None, splits)
+    else:
+        vae = _reused_vae(vae_from, cohort, splits)
     vae.eval()
     latents = vae.encode_shapes(train_set.verts)[0].cpu()
     val_latents = vae.encode_shapes(val_set.verts)[0].cpu() if val_set is not None else None
@@ -348,11 +351,64 @@ def train_cardiogen(
         "spec": spec.to_dict(),
         "conditions": list(CONDITION_NAMES),
         "metrics": metrics,
+        **({} if vae_from is None else {"vae_from": f"{vae_from.card.get('name')} ({vae_from.card.get('created')})"}),
     }
     reference = _reference_distribution(train_set, spec.reference_per_phase, spec.seed)
     trained = CardioGenModel(vae.cpu(), {k: m.cpu() for k, m in diffusion.items()}, cohort.regions, card, reference)
     trained.save(model_path, overwrite=True)
     return TrainedGen(model_path, trained, splits, metrics)
+
+
+def _train_vae(
+    runner: _StageRunner, spec: GenTrainingSpec, cohort: ShapeCohort, train_set: ShapeCohort,
+    val_set: ShapeCohort | None, data_identity: dict[str, Any],
+) -> MeshVAE | None:
+    """The VAE stage: the best validation VAE, or None when the run was stopped (resume later)."""
+    hierarchy = MeshHierarchy.build(train_set.mean_shape(), cohort.faces, factors=spec.factors)
+    vae = build_vae(hierarchy, ShapeNormalizer.fit(train_set.verts), spec.channels, spec.latent_dim, spec.cheb_k)
+    torch.nn.init.constant_(vae.to_logvar.bias, spec.logvar_init)
+    val_shapes = ShapeDataset(val_set, vae.normalizer) if val_set is not None else None
+    result = runner.run(
+        "vae", vae, VAEObjective(KLAnnealing(1e-4, 1e-3, max(1, spec.vae_steps // 2))),
+        ShapeDataset(train_set, vae.normalizer), val_shapes, spec.vae_steps, spec.vae_batch, spec.vae_lr,
+        "val/vertex_error_mm" if val_shapes is not None else "val/loss",
+        {**data_identity, "spec": spec.stage_identity("vae")},
+    )
+    if result.stopped_early:
+        return None
+    runner.load_best("vae", vae)
+    return vae
+
+
+def _with_vae_settings_of(model: CardioGenModel, spec: GenTrainingSpec) -> GenTrainingSpec:
+    """``spec`` with the VAE settings and split of the run that trained ``model``."""
+    trained = model.card.get("spec")
+    if not isinstance(trained, Mapping) or any(name not in trained for name in VAE_FIELDS):
+        raise CardioInputError(
+            "vae_from", f"model {model.card.get('name')!r} does not record the settings its VAE was trained with",
+            "train the whole model instead",
+        )
+    return dataclasses.replace(
+        spec, **{name: tuple(trained[name]) if isinstance(trained[name], list) else trained[name] for name in VAE_FIELDS}
+    )
+
+
+def _reused_vae(model: CardioGenModel, cohort: ShapeCohort, splits: Mapping[str, ShapeCohort]) -> MeshVAE:
+    """A copy of ``model``'s VAE, after checking that ``cohort`` and its split are the ones it saw."""
+    name = f"model {model.card.get('name')!r}"
+    if model.n_vertices != cohort.n_vertices or not torch.equal(model.faces.cpu(), torch.as_tensor(cohort.faces).cpu()):
+        raise CardioInputError(
+            "vae_from", f"{name} has {model.n_vertices} vertices and other faces than this cohort ({cohort.n_vertices})",
+            "reuse a VAE trained on this cohort's template",
+        )
+    recorded = model.card.get("split", {})
+    sizes = {part: len(set(c.subject_ids)) for part, c in splits.items()}
+    if any(recorded.get(part) != size for part, size in sizes.items()):
+        raise CardioInputError(
+            "vae_from", f"{name} was trained on a split of {recorded} subjects, and this cohort splits into {sizes}",
+            "give the cohort the VAE was trained on, so that its held-out subjects stay held out",
+        )
+    return copy.deepcopy(model.vae).cpu()
 
 
 def _diffusion_stage(
