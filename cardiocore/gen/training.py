@@ -70,7 +70,9 @@ DIFFUSION_FIELDS = (
 
 @dataclass
 class GenTrainingSpec:
-    """Architecture and schedule of a CardioGen training run (defaults: the bundled model).
+    """Architecture and schedule of a CardioGen training run (defaults: the bundled model's, except
+    ``diffusion_ema``: cardiogen-cap 1.0.0 kept the best checkpoint's weights, trained before the
+    moving average existed).
 
     VAE: ChebConv ``channels`` per level over a quadric-decimation hierarchy (``factors``: vertex
     reduction per level), ``latent_dim``, filter size ``cheb_k``; Adam at ``vae_lr`` with cosine
