@@ -79,6 +79,7 @@ def test_conditions_per_mesh_and_virtual_subjects(tiny_gen):
         model.sample(2, "ED", conditions={"LVEF": 50})
     ed, es = model.sample_pairs(6, seed=2)
     assert ed.shape == es.shape == (6, model.n_vertices, 3)
+    np.testing.assert_allclose(model.cavity_ml(ed), model.clinical(ed)["cavity_ml"], rtol=1e-9)
     ef = pair_ejection_fraction(model.clinical(ed)["cavity_ml"], model.clinical(es)["cavity_ml"])
     assert ef.shape == (6,) and np.isfinite(ef).all()
 

@@ -19,6 +19,7 @@ import torch
 
 from cardiocore.errors import CardioInputError
 from cardiocore.geometry.mesh import region_faces
+from cardiocore.geometry.volume import MM3_PER_ML, close_boundary, enclosed_volume
 from cardiocore.metrics.clinical import lv_indices
 
 CLINICAL_COLUMNS = (
@@ -68,6 +69,15 @@ def lv_shape_indices(
     epi_faces = region_faces(faces, epi, shapes.shape[1])
     rows = [lv_indices(shape[endo], endo_faces, shape[epi], epi_faces) for shape in shapes]
     return {column: np.array([getattr(row, field) for row in rows]) for column, field in zip(CLINICAL_COLUMNS, _FIELDS)}
+
+
+def surface_volumes_ml(verts: torch.Tensor | np.ndarray, faces: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Volumes (N,) ml enclosed by N surfaces (N, V, 3) mm of one topology (F, 3), open boundaries
+    (the LV base) closed first: the cavity volume of :func:`lv_shape_indices`, batched, without the
+    per-mesh work of the other indices."""
+    shapes = torch.as_tensor(verts).detach().double().cpu()
+    closed_verts, closed_faces = close_boundary(shapes, faces)
+    return (enclosed_volume(closed_verts, closed_faces).abs() / MM3_PER_ML).numpy()
 
 
 def pair_ejection_fraction(edv_ml: np.ndarray, esv_ml: np.ndarray) -> np.ndarray:

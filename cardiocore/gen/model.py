@@ -30,7 +30,7 @@ from torch import nn
 
 import cardiocore
 from cardiocore.errors import CardioInputError, WeightsError
-from cardiocore.gen.clinical import lv_shape_indices
+from cardiocore.gen.clinical import lv_shape_indices, surface_volumes_ml
 from cardiocore.gen.data import ShapeNormalizer
 from cardiocore.gen.diffusion import PHASE_NAMES, LatentDiffusion
 from cardiocore.gen.samplers import DEFAULT_SAMPLER
@@ -116,6 +116,12 @@ class CardioGenModel(nn.Module):
     def clinical(self, verts: torch.Tensor) -> dict[str, np.ndarray]:
         """Clinical indices of meshes (N, V, 3) mm (:func:`cardiocore.gen.clinical.lv_shape_indices`)."""
         return lv_shape_indices(verts, self.faces, self.regions)
+
+    def cavity_ml(self, verts: torch.Tensor) -> np.ndarray:
+        """Cavity volumes (N,) ml of meshes (N, V, 3) mm, base closed (the ``cavity_ml`` of :meth:`clinical`)."""
+        endocardium = self.regions["endocardium"].cpu()
+        shapes = torch.as_tensor(verts).detach().cpu()
+        return surface_volumes_ml(shapes[..., endocardium, :], region_faces(self.faces, endocardium, self.n_vertices))
 
     # ------------------------------------------------------------------ latent space
     def _device(self) -> torch.device:
@@ -225,7 +231,7 @@ class CardioGenModel(nn.Module):
         if "conditional" not in self.diffusion:
             raise CardioInputError("sample_pairs", "needs a conditional model (ES given EDV)")
         ed = self.sample(n, "ED", seed=seed, steps=steps, sampler=sampler)
-        edv = torch.as_tensor(self.clinical(ed)["cavity_ml"], dtype=torch.float32)
+        edv = torch.as_tensor(self.cavity_ml(ed), dtype=torch.float32)
         if "cavity_ml" in self.reference and "phase" in self.reference:
             seen = self.reference["cavity_ml"][self.reference["phase"] == PHASE_NAMES.index("ED")]
             if len(seen):
