@@ -100,6 +100,8 @@ def test_virtual_subjects_condition_es_on_edv_within_the_training_range(tiny_gen
     assert torch.equal(ed, huge) and es.shape == huge.shape
     assert model.clinical(huge)["cavity_ml"].min() > seen.max()
     torch.testing.assert_close(given[0][:, 0], torch.full((2,), float(seen.max())))
+    with pytest.warns(UserWarning, match="outside the .* ml of the training shapes"):
+        CardioGenModel.sample(model, 1, "ED", conditions={"EDV_ml": 2.0 * float(seen.max())})  # unpatched
 
 
 def test_subject_conditions_are_measured_on_the_meshes():

@@ -210,6 +210,7 @@ class CardioGenModel(nn.Module):
         generator = torch.Generator(device=device).manual_seed(int(seed))
         if key == "conditional":
             values = _condition_matrix(targets, n)
+            self._warn_beyond_training_edv(values[:, CONDITION_NAMES.index("EDV_ml")])
             latents = diffusion.sample(
                 n, steps, sampler, phase=phase, conditions=values.to(device),
                 guidance_scale=guidance_scale, generator=generator,
@@ -232,16 +233,36 @@ class CardioGenModel(nn.Module):
             raise CardioInputError("sample_pairs", "needs a conditional model (ES given EDV)")
         ed = self.sample(n, "ED", seed=seed, steps=steps, sampler=sampler)
         edv = torch.as_tensor(self.cavity_ml(ed), dtype=torch.float32)
-        if "cavity_ml" in self.reference and "phase" in self.reference:
-            seen = self.reference["cavity_ml"][self.reference["phase"] == PHASE_NAMES.index("ED")]
-            if len(seen):
-                edv = edv.clamp(float(seen.min()), float(seen.max()))
+        seen = self.training_edv_range()
+        if seen is not None:
+            edv = edv.clamp(*seen)
         values = torch.stack([edv, torch.full_like(edv, float("nan"))], dim=1).to(self._device())
         generator = torch.Generator(device=self._device()).manual_seed(int(seed) + 1)
         latents = self.diffusion["conditional"].sample(
             n, steps, sampler, phase="ES", conditions=values, generator=generator
         )
         return ed, self.decode(latents)
+
+    def training_edv_range(self) -> tuple[float, float] | None:
+        """Smallest and largest EDV (ml) of the training reference's ED shapes (None: no reference)."""
+        if "cavity_ml" not in self.reference or "phase" not in self.reference:
+            return None
+        seen = self.reference["cavity_ml"][self.reference["phase"] == PHASE_NAMES.index("ED")]
+        return (float(seen.min()), float(seen.max())) if len(seen) else None
+
+    def _warn_beyond_training_edv(self, requested: torch.Tensor) -> None:
+        """Warn when requested EDVs (n,) ml, NaN = none, lie outside the training range."""
+        seen = self.training_edv_range()
+        given = requested[~torch.isnan(requested)]
+        if seen is None or not len(given):
+            return
+        outside = given[(given < seen[0]) | (given > seen[1])]
+        if len(outside):
+            warnings.warn(
+                f"requested EDV {float(outside[0]):.0f} ml lies outside the {seen[0]:.0f}-{seen[1]:.0f} ml of the "
+                "training shapes: the conditional model extrapolates there and its shapes may be implausible",
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ files
     def to_payload(self) -> dict[str, Any]:
