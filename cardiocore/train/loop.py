@@ -98,8 +98,9 @@ class TrainConfig:
     ema_decay: keep an exponential moving average of the parameters and buffers, updated after
         every optimizer step with this decay (e.g. 0.999, an average over about the last 1,000
         steps), warmed up as min(decay, (1 + n) / (10 + n)) after n updates so that short runs
-        average their last n / 9 steps rather than their initial weights; validation, and so ``best.pt``, then score the averaged weights, checkpoints
-        hold both, and :func:`cardiocore.train.checkpoint.trained_weights` returns the average.
+        average their last n / 9 steps rather than their initial weights; validation, and so
+        ``best.pt``, then score the averaged weights, checkpoints hold both, and
+        :func:`cardiocore.train.checkpoint.trained_weights` returns the average.
         None: no average.
     """
 
