@@ -3,6 +3,7 @@ conditions, virtual subjects, stop/resume, bad input, and the ``cardio gen`` com
 
 from __future__ import annotations
 
+import copy
 import csv
 import threading
 
@@ -15,7 +16,7 @@ from cardiocore.cli import main
 from cardiocore.errors import CardioInputError, WeightsError
 from cardiocore.gen.clinical import CLINICAL_COLUMNS, lv_shape_indices, pair_ejection_fraction
 from cardiocore.gen.model import CardioGenModel
-from cardiocore.gen.training import GenTrainingSpec, subject_conditions, train_cardiogen
+from cardiocore.gen.training import GenTrainingSpec, split_as_recorded, subject_conditions, train_cardiogen
 
 
 def test_training_learns_and_writes_a_complete_model(tiny_gen):
@@ -28,6 +29,9 @@ def test_training_learns_and_writes_a_complete_model(tiny_gen):
     baseline = torch.linalg.vector_norm(train.mean_shape() - test.verts, dim=-1).mean()
     assert float(error) < 0.8 * float(baseline)  # the VAE beats the mean shape on unseen subjects
     assert model.card["split"]["by"] == "subject" and model.card["metrics"]["val_vertex_error_mm"] > 0
+    assert model.card["split"]["stratified_by"] == ["EDV_ml", "EF_percent"]
+    recorded = split_as_recorded(phantom_cohort(24), model.card["split"])  # what cardio gen eval uses
+    assert [part.subject_ids for part in recorded] == [tiny_gen.splits[k].subject_ids for k in ("train", "val", "test")]
     assert set(CLINICAL_COLUMNS) <= set(model.reference) and set(np.unique(model.reference["phase"])) == {0.0, 1.0}
 
 
@@ -205,6 +209,14 @@ def test_diffusion_retrained_on_a_kept_vae(tiny_gen, tmp_path):
     assert result.splits["test"].subject_ids == tiny_gen.splits["test"].subject_ids
     with pytest.raises(CardioInputError, match="split"):
         train_cardiogen(phantom_cohort(40), tmp_path / "other", spec, vae_from=tiny_gen.model, progress=lambda *a: None)
+    # a model from before split stratification (cardiogen-cap 1.0.0) keeps its random split
+    older = copy.deepcopy(tiny_gen.model)
+    del older.card["spec"]["stratify_split"], older.card["split"]["stratified_by"]
+    result = train_cardiogen(phantom_cohort(24), tmp_path / "older", spec, vae_from=older, progress=lambda *a: None)
+    assert result.model.card["spec"]["stratify_split"] is False and "stratified_by" not in result.model.card["split"]
+    assert [p.subject_ids for p in split_as_recorded(phantom_cohort(24), older.card["split"])] == [
+        result.splits[k].subject_ids for k in ("train", "val", "test")
+    ]
 
 
 def test_lv_regions_inferred_from_the_two_surfaces():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -125,6 +127,49 @@ def test_split_keeps_each_subject_on_one_side(cohort):
         split_by_subject(cohort, (0.5, 0.2))
     with pytest.raises(CardioInputError, match="empty"):
         split_by_subject(cohort, (0.98, 0.01, 0.01))
+
+
+def test_stratified_split_shares_out_every_block_of_neighbours(cohort):
+    """16 subjects, fractions 1/2, 1/4, 1/4: blocks of 4 neighbours in the stratum value, each
+    giving 2 subjects to training and 1 to each other part; NaN values sort last."""
+    subjects = list(dict.fromkeys(cohort.subject_ids))
+    value_of = {s: float(k * 7 % 16) for k, s in enumerate(subjects)}  # a scrambled ranking
+    value_of[subjects[3]] = float("nan")
+    strata = torch.tensor([value_of[s] for s in cohort.subject_ids])
+    parts = split_by_subject(cohort, (0.5, 0.25, 0.25), seed=3, strata=strata)
+    part_of = {s: k for k, part in enumerate(parts) for s in part.subject_ids}
+    ranked = sorted(subjects, key=lambda s: (math.isnan(value_of[s]), value_of[s]))
+    assert ranked[-1] == subjects[3]
+    for start in range(0, 16, 4):
+        assert sorted(part_of[s] for s in ranked[start : start + 4]) == [0, 0, 1, 2]
+    again = split_by_subject(cohort, (0.5, 0.25, 0.25), seed=3, strata=strata)
+    assert [p.subject_ids for p in again] == [p.subject_ids for p in parts]
+    assert split_by_subject(cohort, (0.5, 0.25, 0.25), seed=4, strata=strata)[2].subject_ids != parts[2].subject_ids
+    with pytest.raises(CardioInputError, match="strata"):
+        split_by_subject(cohort, (0.5, 0.5), strata=strata[:5])
+
+
+def test_two_column_strata_balance_both_columns():
+    """1,500 synthetic subjects with two independent values (say EDV and EF): the stratified test
+    part's means lie closer to the training part's than a random split's, in both columns (mean
+    gap over 20 seeds less than half; measured 4x and 2.5x)."""
+    n = 1500
+    generator = torch.Generator().manual_seed(0)
+    values = torch.stack([torch.randn(n, generator=generator) * 30 + 120, torch.randn(n, generator=generator) * 7 + 60], 1)
+    triangle = torch.eye(3).expand(n, 3, 3)
+    cohort = ShapeCohort.from_arrays(triangle, torch.tensor([[0, 1, 2]]), ["ED"] * n, [f"s{k}" for k in range(n)])
+
+    def mean_gaps(strata):
+        gaps = []
+        for seed in range(20):
+            train, _, test = split_by_subject(cohort, (0.7, 0.1, 0.2), seed=seed, strata=strata)
+            index = {s: k for k, s in enumerate(cohort.subject_ids)}
+            rows = [values[[index[s] for s in part.subject_ids]] for part in (train, test)]
+            gaps.append((rows[1].mean(0) - rows[0].mean(0)).abs())
+        return torch.stack(gaps).mean(0)
+
+    stratified, random = mean_gaps(values), mean_gaps(None)
+    assert bool((stratified < random / 2).all()), (stratified, random)
 
 
 def test_normalizer_round_trip_and_statistics(cohort):

@@ -170,15 +170,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise CardioInputError("--reference", "is needed with --generated (a folder of real meshes)")
         result = evaluate_folder_meshes(args.generated, args.reference)
     else:
-        from cardiocore.gen.data import split_by_subject
         from cardiocore.gen.evaluate import evaluate_model, format_report
+        from cardiocore.gen.training import split_as_recorded
 
         if not args.data:
             raise CardioInputError("--data", "is needed to evaluate a model (the cohort it was trained on)")
         model = load_model(args.model, args.device)
-        split = model.card.get("split", {})
-        cohort = load_cohort(args.data)
-        parts = split_by_subject(cohort, split.get("fractions", [0.8, 0.1, 0.1]), seed=split.get("seed", 0))
+        parts = split_as_recorded(load_cohort(args.data), model.card.get("split", {}))
         result = evaluate_model(
             model, parts[-1], training_cohort=parts[0], n_generated=args.n, seed=args.seed, steps=args.steps,
             sampler=args.sampler, plots_dir=out, overwrite=args.overwrite, progress=print,
@@ -196,11 +194,9 @@ def _cmd_bench_gen(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.device)
     reference = None
     if args.data:
-        from cardiocore.gen.data import split_by_subject
+        from cardiocore.gen.training import split_as_recorded
 
-        split = model.card.get("split", {})
-        cohort = load_cohort(args.data)
-        test = split_by_subject(cohort, split.get("fractions", [0.8, 0.1, 0.1]), seed=split.get("seed", 0))[-1]
+        test = split_as_recorded(load_cohort(args.data), model.card.get("split", {}))[-1]
         reference = test.phase("ED").verts
     rows = run_gen_benchmarks(model, reference, n=args.n, device=args.device, quick=args.quick,
                               nna_sets=args.nna_sets)

@@ -3,7 +3,8 @@
 Stages, each a :class:`cardiocore.train.loop.Trainer` run with its own checkpoint folder under
 ``out_dir`` (so an interrupted run resumes where it stopped, stage by stage):
 
-1. split the cohort by subject (train / validation / test; ED and ES of a subject together);
+1. split the cohort by subject (train / validation / test; ED and ES of a subject together;
+   stratified by EDV and EF);
 2. ``vae``: the mesh VAE on the training shapes of both phases (the validation split picks the
    best checkpoint by mean per-vertex error in mm);
 3. ``diffusion-ED``, ``diffusion-ES``: one unconditional latent diffusion model per phase on the
@@ -60,8 +61,10 @@ MIN_TRAIN_SUBJECTS = 8
 
 VAE_FIELDS = (
     "channels", "latent_dim", "cheb_k", "factors", "vae_steps", "vae_batch", "vae_lr", "logvar_init",
-    "split", "split_seed", "seed",
+    "split", "split_seed", "stratify_split", "seed",
 )
+VAE_FIELDS_ADDED_LATER = {"stratify_split": False}
+"""VAE settings that older model cards lack, with the value those runs had."""
 DIFFUSION_FIELDS = (
     "diffusion_steps", "diffusion_batch", "diffusion_lr", "hidden", "layers", "timesteps", "condition_dropout",
     "diffusion_ema",
@@ -84,6 +87,9 @@ class GenTrainingSpec:
     ``diffusion_batch`` latents, condition dropout ``condition_dropout``; the diffusion models
     kept are the moving average of their weights with decay ``diffusion_ema`` (None: the last
     weights), which varies less from run to run than the weights of any single step.
+    Split: subjects shared out by the fractions ``split`` (train, validation, test) with
+    ``split_seed``, stratified by their EDV and EF when ``stratify_split`` (so that the test part
+    is a fair sample of the cohort's volumes; see :func:`split_as_recorded`).
     """
 
     channels: tuple[int, ...] = (3, 16, 16, 32, 32)
@@ -104,6 +110,7 @@ class GenTrainingSpec:
     diffusion_ema: float | None = 0.999
     split: tuple[float, ...] = (0.8, 0.1, 0.1)
     split_seed: int = 0
+    stratify_split: bool = True
     seed: int = 0
     models: tuple[str, ...] = DIFFUSION_KEYS
     device: str = "auto"
@@ -185,6 +192,27 @@ def subject_conditions(cohort: ShapeCohort) -> torch.Tensor:
         ef = 100.0 * (edv - esv) / edv if edv > 0 and not math.isnan(esv) else math.nan
         rows.append((edv, ef))
     return torch.tensor(rows, dtype=torch.float32)
+
+
+def split_record(spec: GenTrainingSpec) -> dict[str, Any]:
+    """How ``spec`` splits a cohort, as recorded in the model card (see :func:`split_as_recorded`)."""
+    record: dict[str, Any] = {"fractions": list(spec.split), "seed": spec.split_seed, "by": "subject"}
+    if spec.stratify_split:
+        record["stratified_by"] = list(CONDITION_NAMES)
+    return record
+
+
+def split_as_recorded(cohort: ShapeCohort, record: Mapping[str, Any]) -> tuple[ShapeCohort, ...]:
+    """The parts (train, validation, test) of ``cohort`` that a model card's ``split`` record
+    describes: its fractions and seed, stratified by the subjects' EDV and EF where it says so
+    (cards without ``stratified_by`` were split at random)."""
+    stratified_by = record.get("stratified_by")
+    if stratified_by is not None and list(stratified_by) != list(CONDITION_NAMES):
+        raise CardioInputError(
+            "split", f"is stratified by {stratified_by}; this version stratifies by {list(CONDITION_NAMES)} only"
+        )
+    strata = subject_conditions(cohort) if stratified_by else None
+    return split_by_subject(cohort, record.get("fractions", (0.8, 0.1, 0.1)), record.get("seed", 0), strata)
 
 
 def _reference_distribution(cohort: ShapeCohort, per_phase: int, seed: int) -> dict[str, np.ndarray]:
@@ -300,8 +328,8 @@ def train_cardiogen(
     if model_path.exists() and not (resume or overwrite):
         raise CardioInputError(str(model_path), "already exists", "pass resume/overwrite or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
-    parts = split_by_subject(cohort, spec.split, seed=spec.split_seed)
-    splits = dict(zip(("train", "val", "test"), parts))
+    recorded_split = split_record(spec)
+    splits = dict(zip(("train", "val", "test"), split_as_recorded(cohort, recorded_split)))
     train_set, val_set = splits["train"], splits.get("val")
     runner = _StageRunner(out, spec, resume, overwrite, progress, should_stop)
     data_identity = {"n_items": len(cohort), "n_vertices": cohort.n_vertices}
@@ -346,10 +374,7 @@ def train_cardiogen(
         "cardiocore_version": cardiocore.__version__,
         "training_data": data_description or f"{len(set(cohort.subject_ids))} subjects",
         "data_license": data_license,
-        "split": {
-            "fractions": list(spec.split), "seed": spec.split_seed, "by": "subject",
-            **{part: len(set(c.subject_ids)) for part, c in splits.items()},
-        },
+        "split": {**recorded_split, **{part: len(set(c.subject_ids)) for part, c in splits.items()}},
         "spec": spec.to_dict(),
         "conditions": list(CONDITION_NAMES),
         "metrics": metrics,
@@ -384,8 +409,9 @@ def _train_vae(
 
 def _with_vae_settings_of(model: CardioGenModel, spec: GenTrainingSpec) -> GenTrainingSpec:
     """``spec`` with the VAE settings and split of the run that trained ``model``."""
-    trained = model.card.get("spec")
-    if not isinstance(trained, Mapping) or any(name not in trained for name in VAE_FIELDS):
+    recorded = model.card.get("spec")
+    trained = {**VAE_FIELDS_ADDED_LATER, **recorded} if isinstance(recorded, Mapping) else {}
+    if any(name not in trained for name in VAE_FIELDS):
         raise CardioInputError(
             "vae_from", f"model {model.card.get('name')!r} does not record the settings its VAE was trained with",
             "train the whole model instead",

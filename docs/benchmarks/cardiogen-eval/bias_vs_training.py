@@ -13,8 +13,9 @@ Output of 2026-12-05: docs/benchmarks/cardiogen-eval/bias_vs_training.txt
 import numpy as np
 import torch
 
-from cardiocore.gen.data import load_cap_atlas, split_by_subject
+from cardiocore.gen.data import load_cap_atlas
 from cardiocore.gen.model import CardioGenModel
+from cardiocore.gen.training import split_as_recorded
 
 N_SAMPLES = 1200
 
@@ -22,7 +23,7 @@ torch.set_num_threads(2)
 model = CardioGenModel.from_bundled(device="cpu")
 model.eval()
 cohort = load_cap_atlas("../shared/data/cap_lv_atlas/cap_lv_atlas_dev.npz")
-training = split_by_subject(cohort, [0.8, 0.1, 0.1], seed=0)[0]  # the bundled model's split
+training = split_as_recorded(cohort, model.card["split"])[0]
 for phase in ["ED", "ES"]:
     real = training.phase(phase).verts.float()
     with torch.no_grad():

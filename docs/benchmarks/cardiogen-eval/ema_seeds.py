@@ -17,17 +17,15 @@ import numpy as np
 import torch
 
 from cardiocore.gen.clinical import surface_volumes_ml
-from cardiocore.gen.data import load_cap_atlas, split_by_subject
+from cardiocore.gen.data import load_cap_atlas
 from cardiocore.gen.model import CardioGenModel
-from cardiocore.gen.training import GenTrainingSpec, _diffusion_stage, subject_conditions
+from cardiocore.gen.training import GenTrainingSpec, _diffusion_stage, split_as_recorded, subject_conditions
 from cardiocore.geometry.mesh import region_faces
 
 torch.set_num_threads(2)
 model = CardioGenModel.from_bundled(device="cpu")
 model.eval()
-split = model.card["split"]
-train = split_by_subject(load_cap_atlas("../shared/data/cap_lv_atlas/cap_lv_atlas_dev.npz"),
-                         split["fractions"], seed=split["seed"])[0]
+train = split_as_recorded(load_cap_atlas("../shared/data/cap_lv_atlas/cap_lv_atlas_dev.npz"), model.card["split"])[0]
 epicardium = model.regions["epicardium"]
 epicardium_faces = region_faces(model.faces, epicardium, model.n_vertices)
 

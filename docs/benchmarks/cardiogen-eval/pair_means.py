@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from cardiocore.gen.clinical import surface_volumes_ml
-from cardiocore.gen.data import load_cap_atlas, split_by_subject
+from cardiocore.gen.data import load_cap_atlas
 from cardiocore.gen.model import CardioGenModel
+from cardiocore.gen.training import split_as_recorded
 from cardiocore.geometry.mesh import region_faces
 
 torch.set_num_threads(2)
@@ -28,8 +29,7 @@ steps = int(sys.argv[4]) if len(sys.argv) > 4 else 20
 model = CardioGenModel.from_bundled(device="cpu") if name == "bundled" else CardioGenModel.load(name)
 model.eval()
 cohort = load_cap_atlas("../shared/data/cap_lv_atlas/cap_lv_atlas_dev.npz")
-split = model.card["split"]
-train, _, test = split_by_subject(cohort, split["fractions"], seed=split["seed"])
+train, _, test = split_as_recorded(cohort, model.card["split"])
 epicardium = model.regions["epicardium"]
 epicardium_faces = region_faces(model.faces, epicardium, model.n_vertices)
 

@@ -20,14 +20,13 @@ import torch
 
 from cardiocore.bench.gen import format_gen_rows, run_gen_benchmarks
 from cardiocore.gen.cli import load_cohort, load_model
-from cardiocore.gen.data import split_by_subject
+from cardiocore.gen.training import split_as_recorded
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 4500
 torch.set_num_threads(2)
 model = load_model(None, "cpu")
-split = model.card.get("split", {})
 cohort = load_cohort("../shared/data/cap_lv_atlas/cap_lv_atlas_dev.npz")
-test = split_by_subject(cohort, split.get("fractions", [0.8, 0.1, 0.1]), seed=split.get("seed", 0))[-1]
+test = split_as_recorded(cohort, model.card.get("split", {}))[-1]
 rows = run_gen_benchmarks(model, test.phase("ED").verts, n=N, device="cpu", steps=[20], samplers=["plms"],
                           repeats=1)
 print(format_gen_rows(rows), flush=True)
