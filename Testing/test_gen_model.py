@@ -182,7 +182,7 @@ def test_cli_sample_writes_meshes_and_clinical_csv(app, tiny_gen, tmp_path, caps
 def test_cli_train_tiny_from_a_folder(app, tmp_path, capsys):
     from cardiocore.mrml.mesh_folders import region_labels, write_mesh_folder
 
-    cohort = phantom_cohort(10)
+    cohort = phantom_cohort(12)
     names = [f"{s}_{p}" for s, p in zip(cohort.subject_ids, cohort.phases)]
     labels = region_labels(cohort.regions, cohort.n_vertices)
     meshes = [(n, v.numpy(), cohort.faces.numpy()) for n, v in zip(names, cohort.verts)]
