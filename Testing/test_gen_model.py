@@ -256,3 +256,15 @@ def test_decode_retries_smaller_chunks_on_out_of_memory(tiny_gen, monkeypatch):
     monkeypatch.setattr(model.vae, "decode_shapes", always)
     with pytest.warns(UserWarning), pytest.raises(CardioInputError, match="--device cpu"):
         model.decode(z, chunk_size=2)
+
+
+def test_pair_volume_indices_match_the_clinical_table(tiny_gen):
+    """The batched volume indices of virtual subjects equal the per-mesh clinical indices."""
+    model = tiny_gen.model
+    ed, es = model.sample(3, "ED", seed=1), model.sample(3, "ES", seed=2)
+    fast = model.pair_volume_indices(ed, es)
+    at_ed, at_es = model.clinical(ed), model.clinical(es)
+    np.testing.assert_allclose(fast["EDV"], at_ed["cavity_ml"], rtol=1e-6)
+    np.testing.assert_allclose(fast["ESV"], at_es["cavity_ml"], rtol=1e-6)
+    np.testing.assert_allclose(fast["mass"], at_ed["myocardial_mass_g"], rtol=1e-5)
+    np.testing.assert_allclose(fast["EF"], pair_ejection_fraction(at_ed["cavity_ml"], at_es["cavity_ml"]), rtol=1e-5)

@@ -30,13 +30,14 @@ from torch import nn
 
 import cardiocore
 from cardiocore.errors import CardioInputError, WeightsError
-from cardiocore.gen.clinical import lv_shape_indices, surface_volumes_ml
+from cardiocore.gen.clinical import lv_shape_indices, pair_ejection_fraction, surface_volumes_ml
 from cardiocore.gen.data import ShapeNormalizer
 from cardiocore.gen.diffusion import PHASE_NAMES, LatentDiffusion
 from cardiocore.gen.samplers import DEFAULT_SAMPLER
 from cardiocore.gen.vae import MeshVAE
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.geometry.mesh import region_faces
+from cardiocore.metrics.clinical import MYOCARDIAL_DENSITY_G_PER_ML
 from cardiocore.train.device import select_device
 from cardiocore.weights import read_model_file, write_model_file
 
@@ -122,6 +123,17 @@ class CardioGenModel(nn.Module):
         endocardium = self.regions["endocardium"].cpu()
         shapes = torch.as_tensor(verts).detach().cpu()
         return surface_volumes_ml(shapes[..., endocardium, :], region_faces(self.faces, endocardium, self.n_vertices))
+
+    def pair_volume_indices(self, ed: torch.Tensor, es: torch.Tensor) -> dict[str, np.ndarray]:
+        """Volume indices of N subjects from their ED and ES meshes (N, V, 3) mm, batched: "EDV"
+        and "ESV" (ml), "EF" (%) and "mass" (g at ED, 1.05 g/ml), as :meth:`clinical` defines them,
+        without its per-mesh wall thickness."""
+        edv, esv = self.cavity_ml(ed), self.cavity_ml(es)
+        epicardium = self.regions["epicardium"].cpu()
+        shapes = torch.as_tensor(ed).detach().cpu()[..., epicardium, :]
+        enclosed = surface_volumes_ml(shapes, region_faces(self.faces, epicardium, self.n_vertices))
+        return {"EDV": edv, "ESV": esv, "EF": pair_ejection_fraction(edv, esv),
+                "mass": MYOCARDIAL_DENSITY_G_PER_ML * (enclosed - edv)}
 
     # ------------------------------------------------------------------ latent space
     def _device(self) -> torch.device:

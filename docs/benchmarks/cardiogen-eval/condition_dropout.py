@@ -18,11 +18,9 @@ import sys
 import numpy as np
 import torch
 
-from cardiocore.gen.clinical import surface_volumes_ml
 from cardiocore.gen.data import load_cap_atlas
 from cardiocore.gen.model import CardioGenModel
 from cardiocore.gen.training import GenTrainingSpec, split_as_recorded, train_cardiogen
-from cardiocore.geometry.mesh import region_faces
 
 torch.set_num_threads(2)
 name, dropout, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
@@ -33,20 +31,11 @@ spec = dataclasses.replace(GenTrainingSpec(), condition_dropout=dropout, models=
 trained = train_cardiogen(cohort, out, spec, vae_from=model, progress=lambda *a: None, resume=True)
 model.diffusion["conditional"] = trained.model.diffusion["conditional"].eval()
 train, _, test = split_as_recorded(cohort, model.card["split"])
-epicardium = model.regions["epicardium"]
-epicardium_faces = region_faces(model.faces, epicardium, model.n_vertices)
-
-
-def indices(ed: torch.Tensor, es: torch.Tensor) -> dict[str, np.ndarray]:
-    edv, esv = model.cavity_ml(ed), model.cavity_ml(es)
-    mass = 1.05 * (surface_volumes_ml(ed[:, epicardium], epicardium_faces) - edv)
-    return {"EDV": edv, "ESV": esv, "EF": 100 * (edv - esv) / edv, "mass": mass}
-
 
 with torch.no_grad():
-    generated = indices(*model.sample_pairs(6000, seed=11, steps=20, sampler="plms"))
+    generated = model.pair_volume_indices(*model.sample_pairs(6000, seed=11, steps=20, sampler="plms"))
 for part_name, part in (("train", train), ("test", test)):
-    real = indices(part.phase("ED").verts, part.phase("ES").verts)
+    real = model.pair_volume_indices(part.phase("ED").verts, part.phase("ES").verts)
     print(f"condition dropout {dropout}, vs the {part_name} split: " + "  ".join(
         f"{key} {np.mean(generated[key]) / np.mean(real[key]) * 100 - 100:+.2f} % (SD ratio "
         f"{np.std(generated[key], ddof=1) / np.std(real[key], ddof=1):.2f})" for key in generated
