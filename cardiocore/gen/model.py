@@ -120,20 +120,21 @@ class CardioGenModel(nn.Module):
 
     def cavity_ml(self, verts: torch.Tensor) -> np.ndarray:
         """Cavity volumes (N,) ml of meshes (N, V, 3) mm, base closed (the ``cavity_ml`` of :meth:`clinical`)."""
-        endocardium = self.regions["endocardium"].cpu()
-        shapes = torch.as_tensor(verts).detach().cpu()
-        return surface_volumes_ml(shapes[..., endocardium, :], region_faces(self.faces, endocardium, self.n_vertices))
+        return self._enclosed_ml(verts, "endocardium")
 
     def pair_volume_indices(self, ed: torch.Tensor, es: torch.Tensor) -> dict[str, np.ndarray]:
         """Volume indices of N subjects from their ED and ES meshes (N, V, 3) mm, batched: "EDV"
         and "ESV" (ml), "EF" (%) and "mass" (g at ED, 1.05 g/ml), as :meth:`clinical` defines them,
         without its per-mesh wall thickness."""
         edv, esv = self.cavity_ml(ed), self.cavity_ml(es)
-        epicardium = self.regions["epicardium"].cpu()
-        shapes = torch.as_tensor(ed).detach().cpu()[..., epicardium, :]
-        enclosed = surface_volumes_ml(shapes, region_faces(self.faces, epicardium, self.n_vertices))
         return {"EDV": edv, "ESV": esv, "EF": pair_ejection_fraction(edv, esv),
-                "mass": MYOCARDIAL_DENSITY_G_PER_ML * (enclosed - edv)}
+                "mass": MYOCARDIAL_DENSITY_G_PER_ML * (self._enclosed_ml(ed, "epicardium") - edv)}
+
+    def _enclosed_ml(self, verts: torch.Tensor, region: str) -> np.ndarray:
+        """Volumes (N,) ml enclosed by one region's surface of meshes (N, V, 3) mm, base closed."""
+        index = self.regions[region].cpu()
+        shapes = torch.as_tensor(verts).detach().cpu()
+        return surface_volumes_ml(shapes[..., index, :], region_faces(self.faces, index, self.n_vertices))
 
     # ------------------------------------------------------------------ latent space
     def _device(self) -> torch.device:

@@ -41,14 +41,13 @@ import torch
 
 import cardiocore
 from cardiocore.errors import CardioInputError
-from cardiocore.gen.clinical import lv_shape_indices
+from cardiocore.gen.clinical import lv_shape_indices, surface_volumes_ml
 from cardiocore.gen.data import ShapeCohort, ShapeDataset, ShapeNormalizer, split_by_subject
 from cardiocore.gen.denoiser import LatentDenoiser
 from cardiocore.gen.diffusion import PHASE_NAMES, LatentDataset, LatentDiffusion, latent_diffusion_loss
 from cardiocore.gen.model import CONDITION_NAMES, DIFFUSION_KEYS, CardioGenModel, build_vae
 from cardiocore.gen.vae import KLAnnealing, MeshVAE, VAEObjective
 from cardiocore.geometry.hierarchy import MeshHierarchy
-from cardiocore.geometry.volume import cavity_volume_ml
 from cardiocore.train.checkpoint import json_ready, load_checkpoint, trained_weights
 from cardiocore.train.loop import TrainConfig, Trainer, TrainResult
 
@@ -87,8 +86,9 @@ class GenTrainingSpec:
     ``diffusion_batch`` latents, condition dropout ``condition_dropout`` (0.3: virtual subjects
     use the "phase and EDV, EF unknown" combination, which 0.1 drew for 7 % of the training
     items and left ES given EDV too narrow, EF SD ratio 0.76; 0.3 draws it for 10 %); the
-    diffusion models kept are the moving average of their weights with decay ``diffusion_ema`` (None: the last
-    weights), which varies less from run to run than the weights of any single step.
+    diffusion models kept are the moving average of their weights with decay ``diffusion_ema``
+    (None: the last weights), which varies less from run to run than the weights of any single
+    step.
     Split: subjects shared out by the fractions ``split`` (train, validation, test) with
     ``split_seed``, stratified by their EDV and EF when ``stratify_split`` (so that the test part
     is a fair sample of the cohort's volumes; see :func:`split_as_recorded`).
@@ -183,7 +183,7 @@ def _check_cohort(cohort: ShapeCohort, spec: GenTrainingSpec) -> None:
 def subject_conditions(cohort: ShapeCohort) -> torch.Tensor:
     """(N, 2) conditions per item: its subject's EDV (ml) and EF (%); NaN where a phase is missing."""
     endo_verts, endo_faces = cohort.region_mesh("endocardium", cohort.verts.double())
-    cavity = torch.tensor([cavity_volume_ml(v, endo_faces) for v in endo_verts])
+    cavity = torch.from_numpy(surface_volumes_ml(endo_verts, endo_faces))
     by_subject: dict[str, dict[str, float]] = {}
     for subject, phase, volume in zip(cohort.subject_ids, cohort.phases, cavity.tolist()):
         by_subject.setdefault(subject, {})[phase] = volume
