@@ -64,6 +64,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     spec = GenTrainingSpec.tiny() if args.tiny else GenTrainingSpec()
     spec = spec.scaled(args.steps_scale) if args.steps_scale != 1.0 else spec
     spec.device = args.device
+    spec.seed = args.seed
     if args.models:
         spec.models = tuple(args.models)
     result = train_cardiogen(
@@ -239,6 +240,11 @@ def add_gen_commands(commands: Any) -> None:
     train.add_argument("--models", nargs="+", choices=("ED", "ES", "conditional"), help="default: all three")
     train.add_argument("--steps-scale", type=float, default=1.0, help="multiply every step count (e.g. 0.1 to try)")
     train.add_argument("--tiny", action="store_true", help="a seconds-long run with a small network (smoke test)")
+    train.add_argument(
+        "--seed", type=int, default=0,
+        help="seed of weight initialisation and batch order (default 0); the split keeps its own seed, so runs "
+        "with different seeds hold out the same subjects",
+    )
     train.add_argument("--data-description", default="", help="training data, for the model card")
     train.add_argument("--data-license", default="", help="license of the training data, for the model card")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
