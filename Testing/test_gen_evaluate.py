@@ -27,6 +27,7 @@ from cardiocore.gen.evaluate import (
     format_report,
     generative_scores,
     reconstruction_error_mm,
+    scores_with_real_baseline,
 )
 from cardiocore.gen.plots import clinical_histograms, shape_grid
 from cardiocore.phantoms.lv import lv_cohort
@@ -84,6 +85,18 @@ def test_generative_scores_same_distribution_shifted_and_copied(draws):
     assert shifted.one_nna == 1.0 and shifted.mmd_mm > 1.5 * same.mmd_mm
     copies = generative_scores(first.verts, first.verts, first.faces, n_points=512)
     assert copies.one_nna < 0.2 and copies.coverage == 1.0  # memorisation: each copy finds its original
+
+
+def test_real_baseline_leaves_the_model_scores_alone_and_scores_real_shapes(draws):
+    first, second = draws
+    generated, reference = first.verts[:8], second.verts[:8]
+    scores, baseline = scores_with_real_baseline(generated, reference, second.verts[:8], first.faces, seed=4)
+    assert scores == generative_scores(generated, reference, first.faces, seed=4)  # same points, same figures
+    assert baseline.one_nna < 0.2 and baseline.coverage == 1.0  # training shapes that are the test shapes
+    _, other_draw = scores_with_real_baseline(generated, reference, first.verts, first.faces, seed=4)
+    assert 0.2 <= other_draw.one_nna <= 0.8  # another draw of the distribution: near the ideal 0.5
+    with pytest.raises(CardioInputError, match="at least 8 training"):
+        scores_with_real_baseline(generated, reference, second.verts[:5], first.faces)
 
 
 def test_evaluate_generated_cuts_to_equal_size_and_reports(draws):
@@ -154,7 +167,10 @@ def test_evaluate_model_end_to_end(tiny, tmp_path):
     assert "within +-10 %" in format_report(result) and lines
     assert result["clinical_vs_training"] == result["split_shift"] == []  # no training cohort given
     training = phantom_cohort(4, seed=11)
-    diagnosed = evaluate_model(model, test, n_generated=3, steps=10, training_cohort=training)
+    diagnosed = evaluate_model(model, test, n_generated=3, steps=10, training_cohort=training, real_baseline=True)
+    assert diagnosed["generative"] == result["generative"] and result["real_baseline"] == {}
+    assert {phase: entry["n"] for phase, entry in diagnosed["real_baseline"].items()} == {"ED": 3, "ES": 3}
+    assert "1-NNA % real" in format_report(diagnosed) and "1-NNA % real" not in format_report(result)
     train_values = cohort_clinical_values(training, training.faces)
     by_index = {row["index"]: row for row in diagnosed["clinical"]}
     for versus_training, shift in zip(diagnosed["clinical_vs_training"], diagnosed["split_shift"]):

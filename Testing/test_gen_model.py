@@ -179,6 +179,13 @@ def test_cli_sample_writes_meshes_and_clinical_csv(app, tiny_gen, tmp_path, caps
     assert "pass --overwrite" in capsys.readouterr().err
 
 
+def test_cli_eval_refuses_a_real_baseline_without_a_training_split(tmp_path, capsys):
+    argv = ["gen", "eval", "--generated", str(tmp_path), "--reference", str(tmp_path), "--real-baseline",
+            "--out", str(tmp_path / "eval")]
+    assert main(argv) == 2
+    assert "--real-baseline" in capsys.readouterr().err and not (tmp_path / "eval").exists()
+
+
 def test_cli_train_tiny_from_a_folder(app, tmp_path, capsys):
     from cardiocore.mrml.mesh_folders import region_labels, write_mesh_folder
 

@@ -171,6 +171,45 @@ def generative_scores_per_set(
     return generative_metrics_per_set(points_gen, points_ref)
 
 
+def scores_with_real_baseline(
+    generated: torch.Tensor,
+    reference: torch.Tensor,
+    training: torch.Tensor,
+    faces: torch.Tensor,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[GenerativeMetrics, GenerativeMetrics]:
+    """:func:`generative_scores` of ``generated`` against ``reference``, and the same scores of
+    an equal-size set of real training shapes against ``reference``: what a generator that drew
+    exactly from the data distribution would score at this set size (1-NNA about 50 % give or
+    take its sampling noise, COV and MMD their best attainable values).
+
+    Args:
+        generated, reference: (N, V, 3) mm, already cut to one size N (:func:`equal_size`).
+        training: (T, V, 3) mm, T >= N real shapes the model was trained on; N of them are
+            chosen (seeded).
+        faces: (F, 3) shared triangles.
+        seed: the generated and reference surface points are drawn exactly as
+            :func:`generative_scores` draws them with this seed, so the first result does not
+            depend on the baseline; the training subset and its points use ``seed + 1``.
+
+    Returns:
+        (scores of ``generated``, scores of the training subset), fractions and mm.
+    """
+    n = generated.shape[0]
+    if reference.shape[0] != n or training.shape[0] < n:
+        raise CardioInputError("real baseline", f"needs {n} reference and at least {n} training shapes, "
+                               f"got {reference.shape[0]} and {training.shape[0]}")
+    generator = torch.Generator().manual_seed(int(seed))
+    points_gen = surface_points(generated, faces, CHAMFER_POINTS, generator).to(device)
+    points_ref = surface_points(reference, faces, CHAMFER_POINTS, generator).to(device)
+    training_subset = equal_size(training, generated, seed + 1)[0]
+    baseline_generator = torch.Generator().manual_seed(int(seed) + 1)
+    points_train = surface_points(training_subset, faces, CHAMFER_POINTS, baseline_generator).to(device)
+    scores, baseline = generative_metrics_per_set([points_gen, points_train], points_ref)
+    return scores, baseline
+
+
 def reconstruction_error_mm(model: CardioGenModel, verts: ArrayLike) -> float:
     """Mean per-vertex Euclidean distance between shapes (N, V, 3) mm and ``model.reconstruct``, mm."""
     shapes = _stack_meshes(verts, "shapes to reconstruct")
@@ -482,6 +521,7 @@ def evaluate_model(
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
     training_cohort: ShapeCohort | None = None,
+    real_baseline: bool = False,
 ) -> dict[str, Any]:
     """The issue's evaluation of a model on a held-out cohort, each figure beside its target.
 
@@ -516,13 +556,19 @@ def evaluate_model(
             split's own indices (how far the held-out split lies from the training split by
             sampling alone; a model that copied its training distribution exactly would miss the
             test means by about this much).
+        real_baseline: with ``training_cohort``, also score as many real training shapes as the
+            generated set against the same test shapes (:func:`scores_with_real_baseline`): the
+            1-NNA a perfect generator would get at this set size, a diagnostic with no target
+            (the set-size noise of 1-NNA is a few points at a few hundred shapes). Costs about
+            three quarters of the 1-NNA time again; skipped for a phase with too few training shapes.
 
     Returns:
         JSON-ready dict: ``settings``, ``generative`` {phase: {n, one_nna_percent,
         coverage_percent, mmd_mm}}, ``reconstruction_error_mm`` {"all", "ED", "ES"},
         ``clinical`` [row dicts of :class:`ClinicalRow`], ``clinical_vs_training`` and
         ``split_shift`` (row dicts; empty without ``training_cohort``), ``n_invalid_generated``,
-        ``conditional`` (None without a conditional model), ``checks`` [{figure, value, unit,
+        ``real_baseline`` {phase: {n, one_nna_percent, coverage_percent, mmd_mm}} (empty unless
+        requested), ``conditional`` (None without a conditional model), ``checks`` [{figure, value, unit,
         target, passes}], ``plots`` [paths written]. :func:`format_report` prints it.
     """
     say = progress or (lambda line: None)
@@ -546,10 +592,11 @@ def evaluate_model(
         "settings": {"seed": seed, "steps": steps, "sampler": sampler, "n_test_shapes": len(test_cohort),
                      "model": dict(model.card).get("name")},
         "generative": {}, "reconstruction_error_mm": {}, "clinical": [], "clinical_vs_training": [],
-        "split_shift": [], "n_invalid_generated": 0,
+        "split_shift": [], "real_baseline": {}, "n_invalid_generated": 0,
         "conditional": None, "checks": [], "plots": [],
     }
     generated_shapes: dict[str, torch.Tensor] = {}
+    with_baseline = real_baseline and training_cohort is not None
 
     say(f"reconstruction error of {len(test_cohort)} test shapes ...")
     result["reconstruction_error_mm"]["all"] = reconstruction_error_mm(model, test_cohort.verts)
@@ -564,7 +611,16 @@ def evaluate_model(
         samples = torch.as_tensor(model.sample(n, phase, seed=seed + offset, steps=steps, sampler=sampler
                                                )).detach().float().cpu()
         generated_shapes[phase] = samples
-        scores = generative_scores(*equal_size(samples, real.verts, seed), faces, seed=seed, device=metrics_device)
+        generated_cut, real_cut = equal_size(samples, real.verts, seed)
+        training_shapes = None
+        if with_baseline and phase in training_cohort.phases:
+            training_shapes = training_cohort.phase(phase).verts
+        if training_shapes is not None and len(training_shapes) >= n_used:
+            scores, baseline = scores_with_real_baseline(generated_cut, real_cut, training_shapes, faces, seed,
+                                                         metrics_device)
+            result["real_baseline"][phase] = _generative_entry(baseline, n_used)
+        else:
+            scores = generative_scores(generated_cut, real_cut, faces, seed=seed, device=metrics_device)
         entry = _generative_entry(scores, n_used)
         result["generative"][phase] = entry
         result["checks"] += _generative_checks(phase, entry)
@@ -671,6 +727,17 @@ def format_report(result: Mapping[str, Any]) -> str:
         [(c["figure"], _number(c["value"]), c["unit"], c["target"], verdict[c["passes"]])
          for c in result["checks"]],
     )]
+    if result.get("real_baseline"):
+        parts.append("diagnostic, no target: as many real training shapes scored against the same test shapes "
+                     "(what a generator drawing exactly from the data distribution would get at this set size)")
+        generative = result["generative"]
+        parts.append(_table(
+            ("phase", "n", "1-NNA % gen", "1-NNA % real", "COV % gen", "COV % real", "MMD mm gen", "MMD mm real"),
+            [(phase, str(entry["n"]), _number(generative[phase]["one_nna_percent"]),
+              _number(entry["one_nna_percent"]), _number(generative[phase]["coverage_percent"]),
+              _number(entry["coverage_percent"]), _number(generative[phase]["mmd_mm"]), _number(entry["mmd_mm"]))
+             for phase, entry in result["real_baseline"].items()],
+        ))
     if result.get("clinical"):
         parts.append("clinical indices, generated vs real (SD: ddof 1; diff 95 % CI: Welch, from both sample "
                      "sizes; KS: two-sided)")
