@@ -179,6 +179,16 @@ def test_cli_sample_writes_meshes_and_clinical_csv(app, tiny_gen, tmp_path, caps
     assert "pass --overwrite" in capsys.readouterr().err
 
 
+def test_bundled_model_by_name_or_name_at_version():
+    from cardiocore.gen.cli import load_model
+
+    default, first = load_model(None, "cpu"), load_model("cardiogen-cap@1.0.0", "cpu")
+    assert default.card["split"]["test"] == 300 and default.card["split"]["stratified_by"] == ["EDV_ml", "EF_percent"]
+    assert first.card["split"]["test"] == 150 and "stratified_by" not in first.card["split"]
+    with pytest.raises(WeightsError, match="1.0.0, 1.1.0"):
+        load_model("cardiogen-cap@9.9", "cpu")
+
+
 def test_cli_eval_refuses_a_real_baseline_without_a_training_split(tmp_path, capsys):
     argv = ["gen", "eval", "--generated", str(tmp_path), "--reference", str(tmp_path), "--real-baseline",
             "--out", str(tmp_path / "eval")]

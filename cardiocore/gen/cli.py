@@ -23,13 +23,15 @@ MESH_FORMATS = ("vtk", "vtp", "ply", "stl", "obj")
 
 
 def load_model(name_or_path: str | None, device: str = "auto") -> Any:
-    """A CardioGenModel from a file path, a manifest name, or (None) the bundled default."""
+    """A CardioGenModel from a file path, a manifest name (``NAME`` for its highest version,
+    ``NAME@VERSION`` for one version, e.g. ``cardiogen-cap@1.0.0``), or (None) the bundled default."""
     from cardiocore.gen.model import BUNDLED_MODEL, CardioGenModel
     from cardiocore.train.device import select_device
 
     if name_or_path and Path(name_or_path).suffix == ".pt":
         return CardioGenModel.load(name_or_path, select_device(device))
-    return CardioGenModel.from_bundled(name_or_path or BUNDLED_MODEL, device=device)
+    name, _, version = (name_or_path or BUNDLED_MODEL).partition("@")
+    return CardioGenModel.from_bundled(name, version or None, device=device)
 
 
 def load_cohort(data: str) -> Any:
@@ -180,11 +182,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise CardioInputError("--data", "is needed to evaluate a model (the cohort it was trained on)")
         model = load_model(args.model, args.device)
         parts = split_as_recorded(load_cohort(args.data), model.card.get("split", {}))
+        held_out = parts[-1] if args.split == "test" else parts[1]
+        if len(held_out) == 0:
+            raise CardioInputError("--split", f"the model's {args.split} split of {args.data} is empty")
         result = evaluate_model(
-            model, parts[-1], training_cohort=parts[0], n_generated=args.n, seed=args.seed, steps=args.steps,
+            model, held_out, training_cohort=parts[0], n_generated=args.n, seed=args.seed, steps=args.steps,
             sampler=args.sampler, plots_dir=out, overwrite=args.overwrite, progress=print,
             real_baseline=args.real_baseline,
         )
+        result["settings"]["split"] = args.split
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", result)
     print(format_report(result))
@@ -213,7 +219,8 @@ def _cmd_bench_gen(args: argparse.Namespace) -> int:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model.pt file or manifest name (default: the bundled cardiogen-cap)")
+    parser.add_argument("--model", help="model.pt file, manifest name or NAME@VERSION (default: the bundled "
+                                         "cardiogen-cap, highest version)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, mps")
 
 
@@ -288,6 +295,9 @@ def add_gen_commands(commands: Any) -> None:
     evaluate.add_argument("--reference", help="folder of real meshes to compare --generated with")
     evaluate.add_argument("--n", type=int, help="generated meshes per phase (default: the test set size); "
                                                 "on a CPU each mesh costs ~0.1 s of clinical indices")
+    evaluate.add_argument("--split", choices=("test", "val"), default="test",
+                          help="held-out split of --data to evaluate on (default test; val: the validation "
+                               "subjects, e.g. to choose between runs without looking at the test split)")
     evaluate.add_argument("--real-baseline", action="store_true",
                           help="also score as many real training shapes against the test shapes: the 1-NNA, COV "
                                "and MMD of a perfect generator at this set size (diagnostic; ~1.7x the 1-NNA time)")

@@ -598,7 +598,7 @@ def evaluate_model(
     generated_shapes: dict[str, torch.Tensor] = {}
     with_baseline = real_baseline and training_cohort is not None
 
-    say(f"reconstruction error of {len(test_cohort)} test shapes ...")
+    say(f"reconstruction error of {len(test_cohort)} held-out shapes ...")
     result["reconstruction_error_mm"]["all"] = reconstruction_error_mm(model, test_cohort.verts)
     generated_values: dict[str, np.ndarray] = {}
     real_values = cohort_clinical_values(test_cohort, faces)
