@@ -7,7 +7,9 @@ slow. Run from the repository root:
 
     .venv/bin/python docs/benchmarks/cardiogen-eval/pair_means.py MODEL [N] [SAMPLER] [STEPS]
 
-MODEL is a model.pt or "bundled". Output of 2026-12-06: pair_means.txt beside this file.
+MODEL is a model.pt, a manifest name or NAME@VERSION ("bundled": the bundled default; the lines of
+pair_means.txt marked "bundled" were 1.0.0, now ``cardiogen-cap@1.0.0``). Output of 2026-12-06:
+pair_means.txt beside this file, stratified-retrain/pair_means.txt, cap-1.1.0/pair_means.txt.
 """
 
 import sys
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from cardiocore.gen.data import load_cap_atlas
-from cardiocore.gen.model import CardioGenModel
+from cardiocore.gen.cli import load_model
 from cardiocore.gen.training import split_as_recorded
 
 torch.set_num_threads(2)
@@ -24,7 +26,7 @@ name = sys.argv[1]
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 6000
 sampler = sys.argv[3] if len(sys.argv) > 3 else "plms"
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else 20
-model = CardioGenModel.from_bundled(device="cpu") if name == "bundled" else CardioGenModel.load(name)
+model = load_model(None if name == "bundled" else name, "cpu")
 model.eval()
 cohort = load_cap_atlas("../shared/data/cap_lv_atlas/cap_lv_atlas_dev.npz")
 train, _, test = split_as_recorded(cohort, model.card["split"])
