@@ -189,6 +189,23 @@ def test_bundled_model_by_name_or_name_at_version():
         load_model("cardiogen-cap@9.9", "cpu")
 
 
+def test_bench_references_are_a_seeded_choice_of_the_held_out_ed_shapes():
+    from conftest import shared_file
+
+    from cardiocore.gen.cli import held_out_references, load_cohort, load_model
+
+    atlas, model = str(shared_file("cap_lv_atlas/cap_lv_atlas_dev.npz")), load_model(None, "cpu")
+    every = held_out_references(model, atlas)
+    test_ed = split_as_recorded(load_cohort(atlas), model.card["split"])[-1].phase("ED").verts
+    assert torch.equal(every, test_ed) and every.shape == (300, 1570, 3)
+    chosen = held_out_references(model, atlas, 150)
+    rows = [int(torch.nonzero((every == shape).all(dim=2).all(dim=1))[0]) for shape in chosen]
+    assert len(set(rows)) == 150 and rows == sorted(rows)  # distinct test shapes, in split order
+    assert torch.equal(chosen, held_out_references(model, atlas, 150))  # seeded
+    with pytest.raises(CardioInputError, match="--references"):
+        held_out_references(model, atlas, -1)
+
+
 def test_cli_eval_refuses_a_real_baseline_without_a_training_split(tmp_path, capsys):
     argv = ["gen", "eval", "--generated", str(tmp_path), "--reference", str(tmp_path), "--real-baseline",
             "--out", str(tmp_path / "eval")]

@@ -198,16 +198,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def held_out_references(model: Any, data: str, count: int = 0) -> Any:
+    """ED shapes (R, V, 3) mm of the model's held-out test split of ``data``: all of them
+    (``count`` 0) or a seeded choice of ``count``, kept in split order."""
+    from cardiocore.gen.evaluate import equal_size
+    from cardiocore.gen.training import split_as_recorded
+
+    if count < 0:
+        raise CardioInputError("--references", f"must be 0 (all) or a positive count, got {count}")
+    test_ed = split_as_recorded(load_cohort(data), model.card.get("split", {}))[-1].phase("ED").verts
+    return equal_size(test_ed, test_ed[:count])[0] if count else test_ed
+
+
 def _cmd_bench_gen(args: argparse.Namespace) -> int:
     from cardiocore.bench.gen import format_gen_rows, run_gen_benchmarks
 
     model = load_model(args.model, args.device)
-    reference = None
-    if args.data:
-        from cardiocore.gen.training import split_as_recorded
-
-        test = split_as_recorded(load_cohort(args.data), model.card.get("split", {}))[-1]
-        reference = test.phase("ED").verts
+    reference = held_out_references(model, args.data, args.references) if args.data else None
     rows = run_gen_benchmarks(model, reference, n=args.n, device=args.device, quick=args.quick,
                               nna_sets=args.nna_sets)
     print(format_gen_rows(rows))
@@ -313,6 +320,9 @@ def add_gen_bench(suites: Any) -> None:
     _model_options(bench)
     bench.add_argument("--data", help="cohort for the 1-NNA reference (its held-out ED split)")
     bench.add_argument("--n", type=int, default=1000, help="meshes per timing (default 1000)")
+    bench.add_argument("--references", type=int, default=150,
+                       help="test ED shapes in the 1-NNA reference, a seeded choice (default 150, so 1,000 meshes "
+                            "hold 6 sets; 0: all)")
     bench.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not the figures")
     bench.add_argument("--nna-sets", type=int, default=None,
                        help="at most this many disjoint sets of generated meshes whose 1-NNA is averaged "

@@ -21,20 +21,16 @@ import sys
 import torch
 
 from cardiocore.bench.gen import format_gen_rows, run_gen_benchmarks
-from cardiocore.gen.cli import load_cohort, load_model
-from cardiocore.gen.evaluate import equal_size
-from cardiocore.gen.training import split_as_recorded
+from cardiocore.gen.cli import held_out_references, load_model
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 4500
 MODEL = sys.argv[2] if len(sys.argv) > 2 else None
 R = int(sys.argv[3]) if len(sys.argv) > 3 else 150
 torch.set_num_threads(2)
 model = load_model(MODEL, "cpu")
-cohort = load_cohort("../shared/data/cap_lv_atlas/cap_lv_atlas_dev.npz")
-test_ed = split_as_recorded(cohort, model.card.get("split", {}))[-1].phase("ED").verts
-references = equal_size(test_ed, test_ed[:R])[0]
-print(f"{model.card.get('name')} (seed {model.card.get('spec', {}).get('seed', 0)}): {len(references)} of "
-      f"{len(test_ed)} test ED shapes as references", flush=True)
+references = held_out_references(model, "../shared/data/cap_lv_atlas/cap_lv_atlas_dev.npz", R)
+print(f"{model.card.get('name')} (seed {model.card.get('spec', {}).get('seed', 0)}): {len(references)} "
+      "test ED shapes as references", flush=True)
 rows = run_gen_benchmarks(model, references, n=N, device="cpu", steps=[20], samplers=["plms"], repeats=1)
 print(format_gen_rows(rows), flush=True)
 for row in rows:
