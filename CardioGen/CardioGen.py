@@ -219,9 +219,12 @@ class CardioGenWidget(ScriptedLoadableModuleWidget):
             self.ui.trainProgressBar.value = 100
             self.ui.trainStatusLabel.text = f"Model '{self._trainingName}' trained and added to the model list."
             self.refreshModels()
-            labels = [choice.name for choice in self._modelChoices]
-            if self._trainingName in labels:
-                self.ui.modelComboBox.currentIndex = len(labels) - 1 - labels[::-1].index(self._trainingName)
+            from cardiocore.weights import parse_version
+
+            trained = [i for i, choice in enumerate(self._modelChoices) if choice.name == self._trainingName]
+            if trained:  # the newest version of that name: the one just registered
+                self.ui.modelComboBox.currentIndex = max(
+                    trained, key=lambda i: parse_version(self._modelChoices[i].version))
         elif code == CardioGenLogic.STOPPED_EXIT_CODE or code < 0:
             self.ui.trainStatusLabel.text = "Training stopped. Press Train with the same work folder to resume."
         else:

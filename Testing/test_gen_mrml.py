@@ -50,6 +50,25 @@ def one_thread():
     patch.undo()
 
 
+def test_model_list_puts_the_default_first_and_each_names_newest_version_first(tmp_path, monkeypatch):
+    import json
+
+    from cardiocore.mrml.gen import available_models, next_model_version
+
+    monkeypatch.setenv("CARDIOSHAPE_CACHE", str(tmp_path))
+    bundled = json.loads((REPO_ROOT / "Resources" / "Models" / "models.json").read_text())["models"]
+    template = next(entry for entry in bundled if entry["name"] == "cardiogen-cap")
+    user = [{**template, "name": "mine", "version": v, "file": f"mine-{v}.pt"} for v in ("1.0.0", "1.10.0", "1.9.0")]
+    (tmp_path / "models.json").write_text(json.dumps({"schema_version": 1, "models": user}))
+    listed = [(choice.name, choice.version, choice.source) for choice in available_models()]
+    assert listed == [("cardiogen-cap", "1.1.0", "bundled"), ("cardiogen-cap", "1.0.0", "bundled"),
+                      ("mine", "1.10.0", "user"), ("mine", "1.9.0", "user"), ("mine", "1.0.0", "user")]
+    assert next_model_version("mine") == "1.10.1" and next_model_version("new") == "1.0.0"
+    assert next_model_version("cardiogen-cap") == "1.1.1"
+    (tmp_path / "models.json").write_text(json.dumps({"schema_version": 1, "models": user[:1]}))
+    assert next_model_version("mine") == "1.0.1"  # not "2": the version's trailing zeros count here
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cardiogen")

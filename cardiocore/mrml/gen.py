@@ -322,12 +322,18 @@ class ModelChoice:
 
 
 def available_models() -> list[ModelChoice]:
-    """The CardioGen models of the bundled and user manifests, bundled ones first."""
-    return [
+    """The CardioGen models of the bundled and user manifests: bundled ones first, each name's
+    versions newest first, so the first choice is the model ``cardio gen`` uses by default."""
+    choices = [
         ModelChoice(item.entry["name"], item.entry["version"], item.source)
         for item in ModelRegistry().entries()
         if item.entry["task"] == GEN_TASK
     ]
+    first_seen = {}
+    for choice in choices:
+        first_seen.setdefault(choice.name, len(first_seen))
+    newest_first = sorted(choices, key=lambda c: parse_version(c.version), reverse=True)
+    return sorted(newest_first, key=lambda c: (c.source != "bundled", first_seen[c.name]))  # stable
 
 
 def next_model_version(name: str) -> str:
@@ -336,7 +342,8 @@ def next_model_version(name: str) -> str:
     versions = [parse_version(choice.version) for choice in available_models() if choice.name == name]
     if not versions:
         return "1.0.0"
-    highest = max(versions)
+    highest = list(max(versions))
+    highest += [0] * (3 - len(highest))  # parse_version drops trailing zeros: (1,) is 1.0.0
     return ".".join(str(part) for part in (*highest[:-1], highest[-1] + 1))
 
 
