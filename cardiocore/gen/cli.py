@@ -207,7 +207,7 @@ def held_out_references(model: Any, data: str, count: int = 0) -> Any:
     if count < 0:
         raise CardioInputError("--references", f"must be 0 (all) or a positive count, got {count}")
     test_ed = split_as_recorded(load_cohort(data), model.card.get("split", {}))[-1].phase("ED").verts
-    return equal_size(test_ed, test_ed[:count])[0] if count else test_ed
+    return equal_size(test_ed, test_ed[:count])[0] if count else test_ed  # equal_size: seeded, order kept
 
 
 def _cmd_bench_gen(args: argparse.Namespace) -> int:

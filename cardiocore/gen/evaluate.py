@@ -159,6 +159,20 @@ def generative_scores_per_set(
     meshes, to average out the sampling noise of 1-NNA) against one reference set, whose
     surface points and self-distances are computed once. Surface sampling takes the generated
     sets in order, then the reference set, from one generator seeded with ``seed``."""
+    points_gen, points_ref = _set_points(generated_sets, reference, faces, n_points, seed, device)
+    return generative_metrics_per_set(points_gen, points_ref)
+
+
+def _set_points(
+    generated_sets: Sequence[MeshSet],
+    reference: MeshSet,
+    faces: ArrayLike,
+    n_points: int,
+    seed: int,
+    device: str | torch.device,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Surface points (S_k, n_points, 3) of each generated set and (R, n_points, 3) of the
+    reference set, drawn in that order from one generator seeded with ``seed``; topology checked."""
     faces_t = torch.as_tensor(faces).long().cpu()
     ref = _stack_meshes(reference, "reference meshes")
     generator = torch.Generator().manual_seed(int(seed))
@@ -167,8 +181,7 @@ def generative_scores_per_set(
         gen = _stack_meshes(generated, f"generated meshes (set {k + 1})")
         _check_topology(gen, ref, faces_t, None)
         points_gen.append(surface_points(gen, faces_t, n_points, generator).to(device))
-    points_ref = surface_points(ref, faces_t, n_points, generator).to(device)
-    return generative_metrics_per_set(points_gen, points_ref)
+    return points_gen, surface_points(ref, faces_t, n_points, generator).to(device)
 
 
 def scores_with_real_baseline(
@@ -200,12 +213,11 @@ def scores_with_real_baseline(
     if reference.shape[0] != n or training.shape[0] < n:
         raise CardioInputError("real baseline", f"needs {n} reference and at least {n} training shapes, "
                                f"got {reference.shape[0]} and {training.shape[0]}")
-    generator = torch.Generator().manual_seed(int(seed))
-    points_gen = surface_points(generated, faces, CHAMFER_POINTS, generator).to(device)
-    points_ref = surface_points(reference, faces, CHAMFER_POINTS, generator).to(device)
+    (points_gen,), points_ref = _set_points([generated], reference, faces, CHAMFER_POINTS, seed, device)
     training_subset = equal_size(training, generated, seed + 1)[0]
     baseline_generator = torch.Generator().manual_seed(int(seed) + 1)
-    points_train = surface_points(training_subset, faces, CHAMFER_POINTS, baseline_generator).to(device)
+    points_train = surface_points(training_subset, torch.as_tensor(faces).long().cpu(), CHAMFER_POINTS,
+                                  baseline_generator).to(device)
     scores, baseline = generative_metrics_per_set([points_gen, points_train], points_ref)
     return scores, baseline
 
