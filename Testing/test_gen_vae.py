@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ from cardiocore.gen.vae import HierarchyPooling, KLAnnealing, MeshVAE, VAEObject
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.geometry.primitives import icosphere
 from cardiocore.geometry.volume import close_boundary, enclosed_volume
-from cardiocore.nets.graph import _sparse_hop
+from cardiocore.nets.graph import sparse_node_product
 from cardiocore.phantoms.lv import lv_cohort
 from cardiocore.train.loop import TrainConfig, Trainer
 
@@ -225,10 +226,12 @@ def test_graph_convs_keep_sparse_products_in_float32_under_autocast(hierarchy):
     laplacian = model._laplacian("encoder", 0)
     terms = torch.randn(258, 2, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert _sparse_hop(laplacian, terms, None).dtype == torch.float32
-        assert _sparse_hop(laplacian, terms, terms).dtype == torch.float32
+        assert sparse_node_product(laplacian, terms, None).dtype == torch.float32
+        assert sparse_node_product(laplacian, terms, terms).dtype == torch.float32
         recon, _, _ = model(torch.randn(2, 258, 3))
     assert torch.isfinite(recon.float()).all()
+    recon.float().square().mean().backward()  # the in-place accumulation of bfloat16 terms
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_posterior_has_no_activation(hierarchy):
@@ -396,3 +399,40 @@ def test_sparse_chebyshev_matches_pyg_message_passing(hierarchy, c_in, c_out, k)
     grad_fast = torch.autograd.grad(fast.square().sum(), (x, weight))
     for a, b in zip(grad_fast, grad_reference):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("c_in", "c_out"), [(4, 6), (7, 3)], ids=["inputs", "Clenshaw"])
+def test_node_map_before_the_conv_commutes_with_the_projections(hierarchy, c_in, c_out):
+    """A conv given the up-sampling as ``node_map`` (applied to the projected terms at the coarse
+    level on the Clenshaw side) equals the conv of the up-sampled features, values and gradients."""
+    from cardiocore.nets.graph import chebyshev_conv_node_first, scaled_laplacian
+    from torch_geometric.nn import ChebConv
+
+    torch.manual_seed(0)
+    conv = ChebConv(c_in, c_out, K=6)
+    pooling = HierarchyPooling(hierarchy)
+    laplacian = scaled_laplacian(conv, hierarchy.edge_index[0], hierarchy.n_vertices[0])
+    coarse = torch.randn(hierarchy.n_vertices[1], 3, c_in, requires_grad=True)
+    up = functools.partial(pooling.up, level=0)
+    mapped = chebyshev_conv_node_first(conv, coarse, laplacian, up)
+    reference = chebyshev_conv_node_first(conv, up(coarse), laplacian)
+    assert mapped.shape == (hierarchy.n_vertices[0], 3, c_out)
+    torch.testing.assert_close(mapped, reference, atol=1e-5, rtol=1e-5)
+    grads = [torch.autograd.grad(out.square().sum(), (coarse, conv.lins[2].weight)) for out in (mapped, reference)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_that_has_decoded_on_the_cpu_deep_copies_and_pickles(hierarchy, tmp_path):
+    """The cached CSR operators (not deep-copyable) are rebuilt in the copy, not copied."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    model = MeshVAE(hierarchy).eval()
+    z = torch.randn(3, 16)
+    decoded = model.decode_shapes(z)
+    assert any(m.layout == torch.sparse_csr for m in model._laplacians.values())
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert len(clone._laplacians) == 0 and len(clone.pooling._up_matrices) == 0
+        torch.testing.assert_close(clone.decode_shapes(z), decoded)

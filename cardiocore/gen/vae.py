@@ -17,6 +17,7 @@ on a :class:`cardiocore.gen.data.ShapeDataset`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -27,7 +28,13 @@ from torch_geometric.nn import ChebConv
 from cardiocore.errors import CardioInputError
 from cardiocore.gen.data import ShapeNormalizer
 from cardiocore.geometry.hierarchy import MeshHierarchy
-from cardiocore.nets.graph import chebyshev_conv_node_first, scaled_laplacian
+from cardiocore.nets.graph import (
+    DerivedOperatorCache,
+    chebyshev_conv_node_first,
+    scaled_laplacian,
+    sparse_for_device,
+    sparse_node_product,
+)
 
 CUDA_CHUNK = 256
 """Shapes per forward pass of the millimetre-level helpers on a GPU (bounds memory for large batches)."""
@@ -51,7 +58,7 @@ class HierarchyPooling(nn.Module):
     def __init__(self, hierarchy: MeshHierarchy) -> None:
         super().__init__()
         self.n_vertices = hierarchy.n_vertices
-        self._up_matrices: dict[tuple[int, str], torch.Tensor] = {}
+        self._up_matrices: dict[tuple[int, str], torch.Tensor] = DerivedOperatorCache()
         for level in range(hierarchy.n_levels):
             self.register_buffer(f"edge_index_{level}", hierarchy.edge_index[level].cpu().long())
         for level in range(hierarchy.n_levels - 1):
@@ -69,13 +76,12 @@ class HierarchyPooling(nn.Module):
 
     def up(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """Node-first (n_{l+1}, B, C) -> (n_l, B, C)."""
-        coarse, batch, channels = x.shape
-        product = torch.sparse.mm(self._up_matrix(level, x.device), x.reshape(coarse, batch * channels).float())
-        return product.to(x.dtype).view(-1, batch, channels)
+        return sparse_node_product(self._up_matrix(level, x.device), x).to(x.dtype)
 
     def _up_matrix(self, level: int, device: torch.device) -> torch.Tensor:
-        """Sparse (n_l, n_{l+1}) float32 up-sampling matrix on ``device``, built once from the
-        buffers and cached (not a buffer itself, so state dicts stay as they were)."""
+        """Sparse (n_l, n_{l+1}) float32 up-sampling matrix on ``device`` (layout:
+        :func:`sparse_for_device`), built once from the buffers and cached (not a buffer itself,
+        so state dicts stay as they were)."""
         key = (level, str(device))
         if key not in self._up_matrices:
             corners = getattr(self, f"up_index_{level}")
@@ -84,7 +90,7 @@ class HierarchyPooling(nn.Module):
             matrix = torch.sparse_coo_tensor(torch.stack([rows, corners.reshape(-1)]),
                                              getattr(self, f"up_weight_{level}").reshape(-1).float(), shape,
                                              check_invariants=True)
-            self._up_matrices[key] = matrix.coalesce().to(device)
+            self._up_matrices[key] = sparse_for_device(matrix.coalesce(), device)
         return self._up_matrices[key]
 
 
@@ -150,7 +156,7 @@ class MeshVAE(nn.Module):
         self.activation = nn.ELU()
         self.register_buffer("faces", hierarchy.faces[0].cpu().long())
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.int64))
-        self._laplacians: dict[tuple[str, int, str], torch.Tensor] = {}
+        self._laplacians: dict[tuple[str, int, str], torch.Tensor] = DerivedOperatorCache()
 
     def _laplacian(self, side: str, level: int) -> torch.Tensor:
         """Sparse scaled Laplacian of a conv at ``level`` on the model's device, built once and cached
@@ -160,7 +166,8 @@ class MeshVAE(nn.Module):
         if key not in self._laplacians:
             conv = (self.encoder_convs if side == "encoder" else self.decoder_convs)[level]
             edges = self.pooling.edge_index(level)
-            self._laplacians[key] = scaled_laplacian(conv, edges, self.pooling.n_vertices[level]).to(device)
+            laplacian = scaled_laplacian(conv, edges, self.pooling.n_vertices[level])
+            self._laplacians[key] = sparse_for_device(laplacian, device)
         return self._laplacians[key]
 
     @property
@@ -207,8 +214,8 @@ class MeshVAE(nn.Module):
         h = self.from_latent(z if batched else z.unsqueeze(0)).unflatten(-1, self.coarse_shape)
         h = h.transpose(0, 1)  # node-first (n, B, C) through the decoder
         for level in reversed(range(len(self.decoder_convs))):
-            h = self.pooling.up(h, level)
-            h = chebyshev_conv_node_first(self.decoder_convs[level], h, self._laplacian("decoder", level))
+            up = functools.partial(self.pooling.up, level=level)
+            h = chebyshev_conv_node_first(self.decoder_convs[level], h, self._laplacian("decoder", level), up)
             if level > 0:
                 h = self.activation(h)
         h = h.transpose(0, 1)
