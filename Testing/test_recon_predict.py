@@ -204,6 +204,10 @@ def test_predict_subsets_and_bad_input(tiny_run) -> None:
         predict_meshes(image, np.diag([2.0, 0.0, 2.0, 1.0]), predictor)
     _, warnings = predict_meshes(image, np.diag([0.5, 0.5, 10.0, 1.0]), predictor)
     assert any("anisotropic" in w for w in warnings)
+    _, warnings = predict_meshes(image, np.diag([3.0, 3.0, 15.0, 1.0]), predictor)  # ratio 5, but 15 mm slices
+    assert any("coarser than the 12 mm slices" in w and "use Fit mode" in w for w in warnings)
+    _, warnings = predict_meshes(image, np.diag([1.5, 1.5, 8.0, 1.0]), predictor)
+    assert not any("anisotropic" in w for w in warnings)
 
 
 def test_cli_train_writes_a_model_and_scores_held_out_maps(tmp_path, phantom_cases) -> None:
