@@ -382,8 +382,9 @@ def test_cap_atlas_loader():
                          ids=["inputs K6", "Clenshaw K6", "Clenshaw K4", "Clenshaw K2", "K1"])
 def test_sparse_chebyshev_matches_pyg_message_passing(hierarchy, c_in, c_out, k):
     """Both evaluation orders (recurrence on the inputs when C_in <= C_out, Clenshaw on the
-    projected outputs otherwise) give PyG's outputs and gradients."""
-    from cardiocore.nets.graph import chebyshev_conv, scaled_laplacian
+    projected outputs otherwise) give PyG's outputs and gradients, and without gradients (CSR,
+    hops written in place) the same outputs."""
+    from cardiocore.nets.graph import chebyshev_conv, scaled_laplacian, sparse_for_device
     from torch_geometric.nn import ChebConv
 
     torch.manual_seed(0)
@@ -392,8 +393,14 @@ def test_sparse_chebyshev_matches_pyg_message_passing(hierarchy, c_in, c_out, k)
     n = hierarchy.n_vertices[0]
     x = torch.randn(3, n, c_in, requires_grad=True)
     reference = conv(x, edges)
-    fast = chebyshev_conv(conv, x, scaled_laplacian(conv, edges, n))
+    laplacian = scaled_laplacian(conv, edges, n)
+    fast = chebyshev_conv(conv, x, laplacian)
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the in-place hops of inference: same values, the input left alone
+        inputs = x.detach().clone()
+        torch.testing.assert_close(chebyshev_conv(conv, inputs, sparse_for_device(laplacian, "cpu")), reference,
+                                   atol=1e-5, rtol=1e-5)
+        assert torch.equal(inputs, x)
     weight = conv.lins[k - 1].weight
     grad_reference = torch.autograd.grad(reference.square().sum(), (x, weight))
     grad_fast = torch.autograd.grad(fast.square().sum(), (x, weight))

@@ -50,10 +50,15 @@ def chebyshev_conv_node_first(
     return out + conv.bias if conv.bias is not None else out
 
 
-def sparse_node_product(matrix: torch.Tensor, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_node_product(
+    matrix: torch.Tensor, x: torch.Tensor, previous: torch.Tensor | None = None, reuse_previous: bool = False
+) -> torch.Tensor:
     """``matrix @ x`` for node-first (n, B, C) features and a sparse (N, n) ``matrix``, as one
     sparse product over the B x C columns in float32 -> (N, B, C) float32; with ``previous``
-    (N, B, C): ``2 matrix @ x - previous`` in one fused sparse ``addmm`` (a Chebyshev hop)."""
+    (N, B, C): ``2 matrix @ x - previous`` in one fused sparse ``addmm`` (a Chebyshev hop).
+
+    ``reuse_previous``: write the hop into ``previous`` (float32, contiguous) instead of a new
+    tensor, when gradients are off; the caller must not need ``previous`` afterwards."""
     n, batch, channels = x.shape
     flat = x.reshape(n, batch * channels).float()
     # Autocast would run the sparse product in the low-precision dtype, which neither CUDA's sparse
@@ -61,7 +66,11 @@ def sparse_node_product(matrix: torch.Tensor, x: torch.Tensor, previous: torch.T
     with torch.autocast(device_type=x.device.type, enabled=False):
         if previous is None:
             return torch.sparse.mm(matrix, flat).view(-1, batch, channels)
+        in_place = (reuse_previous and not torch.is_grad_enabled() and previous.dtype == torch.float32
+                    and previous.is_contiguous())
         previous = previous.reshape(-1, batch * channels).float()
+        if in_place:
+            return previous.addmm_(matrix, flat, beta=-1.0, alpha=2.0).view(-1, batch, channels)
         return torch.sparse.addmm(previous, matrix, flat, beta=-1.0, alpha=2.0).view(-1, batch, channels)
 
 
@@ -75,8 +84,9 @@ def _chebyshev_on_inputs(lins: nn.ModuleList, x: torch.Tensor, laplacian: torch.
     if len(weights) > 1:
         previous, term = x, sparse_node_product(laplacian, x, None)
         out.addmm_(term.reshape(n * batch, channels).to(out.dtype), weights[1])
-        for weight in weights[2:]:
-            previous, term = term, sparse_node_product(laplacian, term, previous)
+        for k, weight in enumerate(weights[2:]):
+            # previous is the caller's x in the first of these hops: never overwritten
+            previous, term = term, sparse_node_product(laplacian, term, previous, reuse_previous=k > 0)
             out.addmm_(term.reshape(n * batch, channels).to(out.dtype), weight)
     return out.view(n, batch, -1)
 
@@ -99,10 +109,11 @@ def _chebyshev_on_outputs(
         return projected[0]
     b1, b2 = projected[-1].float(), None
     for y in reversed(projected[1:-1]):
-        step = 2 * sparse_node_product(laplacian, b1, None) if b2 is None else sparse_node_product(laplacian, b1, b2)
-        b1, b2 = y + step, b1
-    out = projected[0] + sparse_node_product(laplacian, b1, None)
-    return (out if b2 is None else out - b2).to(x.dtype)
+        step = (2 * sparse_node_product(laplacian, b1, None) if b2 is None
+                else sparse_node_product(laplacian, b1, b2, reuse_previous=True))  # b2: this function's own
+        b1, b2 = step.add_(y), b1  # in place on fresh tensors (their backward needs no output)
+    out = sparse_node_product(laplacian, b1, None).add_(projected[0])
+    return (out if b2 is None else out.sub_(b2)).to(x.dtype)
 
 
 def scaled_laplacian(conv: ChebConv, edge_index: torch.Tensor, n_nodes: int) -> torch.Tensor:
