@@ -58,7 +58,9 @@ def sparse_node_product(
     (N, B, C): ``2 matrix @ x - previous`` in one fused sparse ``addmm`` (a Chebyshev hop).
 
     ``reuse_previous``: write the hop into ``previous`` (float32, contiguous) instead of a new
-    tensor, when gradients are off; the caller must not need ``previous`` afterwards."""
+    tensor, when gradients are off and ``matrix`` is CSR (the CPU layout of
+    :func:`sparse_for_device`, where this was measured); the caller must not need ``previous``
+    afterwards."""
     n, batch, channels = x.shape
     flat = x.reshape(n, batch * channels).float()
     # Autocast would run the sparse product in the low-precision dtype, which neither CUDA's sparse
@@ -66,8 +68,8 @@ def sparse_node_product(
     with torch.autocast(device_type=x.device.type, enabled=False):
         if previous is None:
             return torch.sparse.mm(matrix, flat).view(-1, batch, channels)
-        in_place = (reuse_previous and not torch.is_grad_enabled() and previous.dtype == torch.float32
-                    and previous.is_contiguous())
+        in_place = (reuse_previous and not torch.is_grad_enabled() and matrix.layout == torch.sparse_csr
+                    and previous.dtype == torch.float32 and previous.is_contiguous())
         previous = previous.reshape(-1, batch * channels).float()
         if in_place:
             return previous.addmm_(matrix, flat, beta=-1.0, alpha=2.0).view(-1, batch, channels)
