@@ -18,7 +18,7 @@ from cardiocore.geometry.intersection import self_intersecting_faces
 from cardiocore.geometry.mesh import as_mesh, edge_index
 
 DEFAULT_ROUNDS = 100
-"""Rounds end as soon as no pair is left, so this bounds only stubborn folds: 30 rounds left 9
+"""Rounds end as soon as no pair is left, so this bounds only the folds that resist: 30 rounds left 9
 and 20 intersecting pairs on 2 of 24 refined Predict-mode meshes of held-out synthetic images
 (an aorta and an LA), which were free of them within 40."""
 DEFAULT_PATIENCE = 40

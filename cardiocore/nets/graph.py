@@ -82,11 +82,11 @@ def _chebyshev_on_inputs(lins: nn.ModuleList, x: torch.Tensor, laplacian: torch.
     needs its operands, not the running sum, so autograd allows it)."""
     n, batch, channels = x.shape
     out = x.reshape(n * batch, channels) @ lins[0].weight.t()
-    weights = [lin.weight.t().to(out.dtype) for lin in lins]  # (C_in, C_out) each, autocast's dtype
-    if len(weights) > 1:
+    weights = [lin.weight.t().to(out.dtype) for lin in lins[1:]]  # (C_in, C_out) each, autocast's dtype
+    if weights:
         previous, term = x, sparse_node_product(laplacian, x, None)
-        out.addmm_(term.reshape(n * batch, channels).to(out.dtype), weights[1])
-        for k, weight in enumerate(weights[2:]):
+        out.addmm_(term.reshape(n * batch, channels).to(out.dtype), weights[0])
+        for k, weight in enumerate(weights[1:]):
             # previous is the caller's x in the first of these hops: never overwritten
             previous, term = term, sparse_node_product(laplacian, term, previous, reuse_previous=k > 0)
             out.addmm_(term.reshape(n * batch, channels).to(out.dtype), weight)
