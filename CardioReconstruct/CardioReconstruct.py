@@ -519,6 +519,7 @@ def scenario_fit_label_file(test: ScriptedLoadableModuleTest, workdir: str | Pat
                      sorted([f"{n}.vtk" for n in kept.values()] + ["meshes.seg.nrrd", "metrics.json"]))
     test.assertEqual(sorted(metrics["missing"]), ["aorta", "la", "pulmonary_artery", "ra"])
     test.assertEqual(json.loads((out / "metrics.json").read_text())["fitted"], list(kept.values()))
+    test.assertIsNone(metrics["thick_slice_axis"])  # 3.6 mm slices of 3 mm pixels: a volume
     for name in kept.values():
         verts, faces = read_mesh_file(out / f"{name}.vtk")
         _, centroid, _ = mesh_moments(torch.as_tensor(verts), torch.as_tensor(faces))

@@ -32,7 +32,7 @@ from cardiocore.geometry.mesh import (
 )
 from cardiocore.geometry.primitives import box_mesh, icosphere, torus
 from cardiocore.geometry.sampling import sample_surface
-from cardiocore.geometry.surface import surface_from_mask
+from cardiocore.geometry.surface import contour_points_on_slices, surface_from_mask
 from cardiocore.geometry.volume import cavity_volume_ml, close_boundary, enclosed_volume
 
 
@@ -581,6 +581,31 @@ def test_surface_from_mask_rejects_bad_input() -> None:
     singular[2, 2] = 0.0
     with pytest.raises(VolumeError, match="ijk_to_ras: has a singular"):
         surface_from_mask(np.ones((4, 4, 4), dtype=bool), singular)
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_contour_points_on_slices_lie_on_the_planes_on_each_outline(axis: int) -> None:
+    """Discs of known radius on 3 of 5 thick slices of an oblique grid: the outline points lie on
+    those slices' planes, at the disc's radius (within the pixel), and nowhere else."""
+    spacing = [1.0, 1.0, 1.0]
+    spacing[axis] = 12.0
+    direction = Rotation.from_euler("xyz", [10, 25, -5], degrees=True).as_matrix()
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction * np.array(spacing)
+    shape = [60, 60, 60]
+    shape[axis] = 5
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(float)
+    in_plane = [a for a in range(3) if a != axis]
+    radius = np.linalg.norm(ijk[..., in_plane] - 30.0, axis=-1)
+    mask = (radius <= 20.0) & np.isin(ijk[..., axis], (1, 2, 4))
+    points = contour_points_on_slices(mask, matrix, axis).double()
+    back = (points - torch.tensor(matrix[:3, 3])) @ torch.linalg.inv(torch.tensor(matrix[:3, :3])).T
+    planes = back[:, axis]
+    torch.testing.assert_close(planes, planes.round(), atol=1e-4, rtol=0)
+    assert sorted({int(k) for k in planes.round()}) == [1, 2, 4]
+    in_plane_radius = (back[:, in_plane] - 30.0).norm(dim=1)
+    assert float((in_plane_radius - 20.0).abs().max()) < 1.0
+    assert contour_points_on_slices(np.zeros(shape, dtype=bool), matrix, axis).shape == (0, 3)
 
 
 def test_label_mask_is_the_union_of_the_values():

@@ -1,5 +1,6 @@
 """CardioReconstruct fit mode: the bundled template, its builder, and fits on the heart phantom
-(Dice per structure on an oblique anisotropic grid; a planted penetration removed by MIE)."""
+(Dice per structure on an oblique anisotropic grid; a thick-slice stack fitted on its planes; a
+planted penetration removed by MIE)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cardiocore.geometry.voxelize import voxelize_mesh
 from cardiocore.metrics.overlap import dice
 from cardiocore.metrics.violation import volume_violation_rate
 from cardiocore.phantoms.heart import heart_label_phantom
-from cardiocore.recon.fit import fit_template
+from cardiocore.recon.fit import fit_template, thick_slice_axis
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.template import HeartTemplate, default_template_path, load_template, main
 
@@ -90,6 +91,46 @@ def test_fit_reaches_the_dice_targets_on_an_oblique_anisotropic_phantom(oblique_
         mask = voxelize_mesh(verts, faces, oblique_phantom.labels.shape, oblique_phantom.ijk_to_ras)
         scores[name] = dice(mask, oblique_phantom.labels == rules.structure(name).label)
     assert all(scores[n] >= DICE_MIN[n] for n in DICE_MIN), {n: round(float(s), 4) for n, s in scores.items()}
+
+
+
+def test_thick_slice_axis_finds_a_short_axis_stack_and_nothing_else() -> None:
+    def matrix(spacing):
+        out = np.eye(4)
+        out[:3, :3] = Rotation.from_euler("z", 30, degrees=True).as_matrix() * np.array(spacing)
+        return out
+
+    assert thick_slice_axis(matrix([1.41, 1.41, 17.7])) == 2  # the biv-me cine stack
+    assert thick_slice_axis(matrix([8.0, 1.25, 1.25])) == 0
+    assert thick_slice_axis(matrix([1.0, 1.0, 3.0])) is None  # thin slices
+    assert thick_slice_axis(matrix([2.0, 2.0, 5.5])) is None  # ratio under 3
+    assert thick_slice_axis(matrix([0.49, 0.49, 0.625])) is None  # MM-WHS CT
+
+
+def test_a_thick_slice_stack_is_fitted_on_its_slice_planes(template: HeartTemplate) -> None:
+    """A short-axis-like stack with known truth: the phantom's LV and RV sampled on 15 mm slices
+    (2 mm pixels), scored against the same phantom on a 2 mm grid. Measured (seed 3, 100 steps,
+    one thread): fitted on the planes (the default for such a stack) Dice 0.950 cavity, 0.878
+    myocardium, 0.913 RV; fitted as a volume (each label filling its 15 mm slab) 0.899, 0.816,
+    0.891. At 10 mm slices the two are within 0.01 of each other. Thresholds: measured - 0.02."""
+    keep = (1, 2, 3)
+    stack = heart_label_phantom(shape=(64, 64, 8), spacing=(2.0, 2.0, 15.0), seed=3)
+    dense = heart_label_phantom(shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0), seed=3)
+    labels = np.where(np.isin(stack.labels, keep), stack.labels, 0)
+    rules = RuleSet.default()
+    scores = {}
+    for thick in (None, False):
+        result = fit_template(labels, stack.ijk_to_ras, rules, template, steps=100, thick_slices=thick)
+        assert result.slice_axis == (2 if thick is None else None)
+        assert result.resolved is not None and not any(result.resolved.self_intersections_left.values())
+        scores[thick] = {name: float(dice(voxelize_mesh(v, f, dense.labels.shape, dense.ijk_to_ras),
+                                          dense.labels == rules.structure(name).label))
+                         for name, (v, f) in zip(result.names, result.meshes(), strict=True)}
+    on_planes, as_volume = scores[None], scores[False]
+    assert set(on_planes) == {"lv_cavity", "lv_myocardium", "rv"}
+    minimum = {"lv_cavity": 0.93, "lv_myocardium": 0.85, "rv": 0.89}
+    assert all(on_planes[n] >= minimum[n] for n in minimum), on_planes
+    assert sum(on_planes.values()) >= sum(as_volume.values()) + 0.06, (on_planes, as_volume)
 
 
 def _bulge(verts: torch.Tensor, faces: torch.Tensor, towards: torch.Tensor, height_mm: float, radius_mm: float) -> torch.Tensor:

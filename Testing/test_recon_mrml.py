@@ -72,6 +72,23 @@ def test_fit_label_file_mmwhs(app, tmp_path) -> None:
     MODULE.scenario_fit_label_file(_Checks(), tmp_path)
 
 
+
+def test_cli_fit_on_a_thick_slice_stack_fits_the_slice_planes(app, tmp_path, capsys) -> None:
+    """A short-axis-like label file (LV and RV of the phantom on 12 mm slices of 2.5 mm pixels):
+    ``cardio recon fit`` fits it on the slice planes, says so, and records the axis; a volume
+    label map of the same heart records none (scenario_fit_label_file)."""
+    from cardiocore.phantoms.heart import heart_label_phantom
+
+    phantom = heart_label_phantom(shape=(56, 56, 10), spacing=(2.5, 2.5, 12.0), seed=2)
+    labels = np.where(np.isin(phantom.labels, (1, 2, 3)), phantom.labels, 0)
+    path = write_node(array_to_volume(labels, phantom.ijk_to_ras, "stack", labelmap=True), tmp_path / "stack.nii.gz")
+    out = tmp_path / "fit"
+    assert cardio(["recon", "fit", "--labels", str(path), "--out", str(out), "--steps", "10", "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["thick_slice_axis"] == 2 and metrics["fitted"] == ["lv_cavity", "lv_myocardium", "rv"]
+    assert "thick slices (voxel axis 2): fitted on the slice planes" in capsys.readouterr().out
+
+
 def test_cancel_and_bad_input_add_nothing(app) -> None:
     node, _ = MODULE.phantom_segmentation()
     scene = app.scene

@@ -1,4 +1,5 @@
-"""Triangle surfaces from binary masks (marching cubes) in RAS millimetres."""
+"""Surfaces from binary masks in RAS millimetres: triangles (marching cubes), and the boundary
+contours on the slices of a thick-slice stack (marching squares)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
-from skimage.measure import marching_cubes
+from skimage.measure import find_contours, marching_cubes
 
 from cardiocore.errors import VolumeError
 from cardiocore.geometry.grid import checked_matrix
@@ -68,3 +69,37 @@ def surface_from_mask(
     if float(enclosed_volume(verts_t.double(), faces_t)) < 0:
         faces_t = faces_t.flip(1)
     return verts_t, faces_t
+
+
+def contour_points_on_slices(mask: ArrayLike, ijk_to_ras: ArrayLike, axis: int) -> torch.Tensor:
+    """Points on the in-plane boundary of a mask on each of its slices along ``axis``, RAS mm.
+
+    For stacks of thick or widely spaced slices (a cine short-axis stack): what is known is the
+    outline on each slice, not a surface between them, which marching cubes would put half-way.
+    Each slice is padded with background, so an outline touching the slice edge closes there.
+
+    Args:
+        mask: (I, J, K) bool or numeric array (inside above 0.5), numpy or torch.
+        ijk_to_ras: (4, 4) voxel-to-RAS matrix, mm.
+        axis: the slice axis (0, 1 or 2).
+
+    Returns:
+        (P, 3) float32 points on the slices' planes (P = 0 for an empty mask).
+    """
+    raw = np.asarray(torch.as_tensor(mask).detach().cpu()) > 0.5
+    matrix = checked_matrix(ijk_to_ras)
+    if raw.ndim != 3:
+        raise VolumeError("mask", f"must be a 3-D (I, J, K) array, got shape {raw.shape}")
+    in_plane = [a for a in range(3) if a != axis]
+    points = []
+    for index in np.flatnonzero(raw.any(axis=tuple(in_plane))):
+        plane = np.pad(np.take(raw, index, axis=axis).astype(np.float64), 1)
+        for contour in find_contours(plane, 0.5):
+            ijk = np.empty((contour.shape[0], 3))
+            ijk[:, in_plane] = contour - 1.0
+            ijk[:, axis] = index
+            points.append(ijk)
+    if not points:
+        return torch.zeros(0, 3, dtype=torch.float32)
+    ijk = np.concatenate(points)
+    return torch.as_tensor(ijk @ matrix[:3, :3].T + matrix[:3, 3], dtype=torch.float32)

@@ -364,9 +364,15 @@ def _reconstruct_to_scene(
             "CardioReconstruct: no voxels (or too few) for %s; fitted %s",
             ", ".join(result.missing), ", ".join(result.names),
         )
+    if result.slice_axis is not None:
+        logging.getLogger(__name__).info(
+            "CardioReconstruct: thick slices along voxel axis %d: the labels were fitted on the slice planes, "
+            "the surface between them follows the template", result.slice_axis,
+        )
     metrics = dict(extra) | {
         "mode": "fit",
         "fitted": list(result.names),
+        "thick_slice_axis": result.slice_axis,
         "device": str(torch_device),
         "steps": options.steps,
         "use_mie": options.use_mie,

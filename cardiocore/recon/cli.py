@@ -34,6 +34,9 @@ def _print_fit_summary(metrics: dict[str, Any], out: Path) -> None:
               "voxel VR (%)": 100 * r["voxel_vr"]} for r in metrics["rules"]]
     if rules:
         print(format_table(rules, ("rule", "VR (%)", "SVR (%)", "voxel VR (%)")))
+    if metrics.get("thick_slice_axis") is not None:
+        print(f"thick slices (voxel axis {metrics['thick_slice_axis']}): fitted on the slice planes; the surface "
+              "between them follows the template")
     if metrics.get("missing"):
         print(f"not fitted (no or too few voxels): {', '.join(metrics['missing'])}")
     seconds = metrics.get("seconds", {}).get("total")

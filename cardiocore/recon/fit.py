@@ -26,6 +26,14 @@ map's IJK-to-RAS matrix, so oblique and anisotropic grids need no special case.
    points labelled by the label map; the weight rises over the fine stage) + ``laplacian *
    |L d|^2`` (mm^2; d the offsets from the affinely placed template, L the random-walk graph
    Laplacian) + ``normal * (1 - n_f . n_g)`` over adjacent faces. The template's topology is kept, so every mesh stays closed.
+   Thick slices (a cine short-axis stack: slices >= ``THICK_SLICE_MM`` apart and
+   ``THICK_SLICE_RATIO`` times the in-plane spacing): the labels are known on the slice planes
+   only, not in the slabs between them (filling the slabs would fit the staircase of a
+   slice-summation volume). The occupancy points are moved onto the nearest imaged slice (those
+   beyond the first and last slices are dropped: nothing is known there), the boundary points
+   are the in-plane outlines on each slice and the Chamfer term is one-sided (outline to
+   vertices), and the MIE term is the relational one (no labels off the slices); the template's
+   shape and the smoothness terms carry the surface between the slices.
 4. Resolution (``resolve``, on by default): the vertices that still break a rule are moved just
    past the other surface, then self-intersections are untangled
    (:func:`cardiocore.recon.resolve.resolve_meshes`).
@@ -46,7 +54,7 @@ from scipy.spatial import cKDTree
 from cardiocore.errors import CardioInputError, VolumeError
 from cardiocore.geometry.mesh import face_normals
 from cardiocore.geometry.grid import checked_matrix
-from cardiocore.geometry.surface import surface_from_mask
+from cardiocore.geometry.surface import contour_points_on_slices, surface_from_mask
 from cardiocore.recon.mie import (
     Violations,
     bounding_box,
@@ -62,6 +70,8 @@ from cardiocore.recon.template import HeartTemplate, crop_and_stride
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
 _BCE_EPS = 1e-5
+THICK_SLICE_MM = 5.0
+THICK_SLICE_RATIO = 3.0
 _SMOOTHING_ITERATIONS = 20
 
 
@@ -101,6 +111,7 @@ class FitResult:
         initial_affine: (4, 4) template-to-RAS affine of the initialisation.
         cancelled: ``should_stop`` ended the optimisation early (the meshes are the last state).
         resolved: what the resolution step did (None when it was off or the fit was cancelled).
+        slice_axis: the label map's axis fitted as thick slices (None: fitted as a volume).
     """
 
     names: tuple[str, ...]
@@ -112,6 +123,7 @@ class FitResult:
     initial_affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     cancelled: bool = False
     resolved: ResolveReport | None = None
+    slice_axis: int | None = None
 
     def meshes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per structure (verts, faces)."""
@@ -123,16 +135,21 @@ class FitResult:
 
 class _SurfaceTarget:
     """Points on a label boundary (P, 3) mm with their KD-tree, for a Chamfer term (the
-    project's convention: unsquared, symmetric mean of nearest distances) against vertices."""
+    project's convention: unsquared, symmetric mean of nearest distances) against vertices;
+    ``one_sided``: only the points' distances to the vertices (outlines on sparse slices, which
+    say nothing about the surface between them)."""
 
-    def __init__(self, points: torch.Tensor) -> None:
+    def __init__(self, points: torch.Tensor, one_sided: bool = False) -> None:
         self.points = points
         self.tree = cKDTree(points.cpu().numpy())
+        self.one_sided = one_sided
 
     def chamfer(self, verts: torch.Tensor) -> torch.Tensor:
         moving = verts.detach().cpu().numpy()
-        to_target = torch.as_tensor(self.tree.query(moving)[1], device=verts.device)
         to_verts = torch.as_tensor(cKDTree(moving).query(self.points.cpu().numpy())[1], device=verts.device)
+        if self.one_sided:
+            return (self.points - verts[to_verts]).norm(dim=1).mean()
+        to_target = torch.as_tensor(self.tree.query(moving)[1], device=verts.device)
         d_vt = (verts - self.points[to_target]).norm(dim=1).mean()
         d_tv = (self.points - verts[to_verts]).norm(dim=1).mean()
         return 0.5 * (d_vt + d_tv)
@@ -163,6 +180,8 @@ class _Target:
     volumes: list[float] = field(default_factory=list)  # mm^3
     centroids: list[torch.Tensor] = field(default_factory=list)  # (3,) mm, float64
     second_moments: list[torch.Tensor] = field(default_factory=list)  # (3, 3) integral of x x^T, mm^5
+    slice_axis: int | None = None  # thick-slice axis: labels known on its planes only
+    slice_range: tuple[int, int] = (0, 0)  # the imaged planes along it, working-grid indices
 
     def to_world(self, ijk: torch.Tensor) -> torch.Tensor:
         """Voxel coordinates (N, 3) -> RAS (N, 3) mm."""
@@ -178,10 +197,35 @@ class _Target:
         out[inside] = self.labels[idx[:, 0], idx[:, 1], idx[:, 2]]
         return out
 
+    def onto_slices(self, points: torch.Tensor) -> torch.Tensor:
+        """Points (N, 3) mm moved along the slice axis onto the nearest imaged slice; those
+        nearest no imaged slice are dropped, (N', 3). Unchanged without a slice axis."""
+        if self.slice_axis is None:
+            return points
+        ijk = points @ self.inverse[:3, :3].T + self.inverse[:3, 3]
+        plane = torch.round(ijk[:, self.slice_axis])
+        keep = (plane >= self.slice_range[0]) & (plane <= self.slice_range[1])
+        ijk = ijk[keep]
+        ijk[:, self.slice_axis] = plane[keep]
+        return self.to_world(ijk)
+
+
+def thick_slice_axis(ijk_to_ras: np.ndarray) -> int | None:
+    """The axis of a label map made of thick or widely spaced slices, or None.
+
+    Thick: its spacing is at least :data:`THICK_SLICE_MM` and :data:`THICK_SLICE_RATIO` times
+    the largest of the other two (a cine short-axis stack, 8-20 mm slices of 1-2 mm pixels).
+    """
+    spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=np.float64)[:3, :3], axis=0)
+    axis = int(np.argmax(spacing))
+    if spacing[axis] >= THICK_SLICE_MM and spacing[axis] >= THICK_SLICE_RATIO * np.delete(spacing, axis).max():
+        return axis
+    return None
+
 
 def _prepare_target(
     labels: np.ndarray, ijk_to_ras: np.ndarray, values: list[int], spacing_mm: float,
-    n_surface: int, device: torch.device, generator: torch.Generator,
+    n_surface: int, device: torch.device, generator: torch.Generator, slice_axis: int | None,
 ) -> _Target:
     work, matrix = crop_and_stride(labels, ijk_to_ras, spacing_mm)
     index = np.full(work.shape, -1, dtype=np.int64)
@@ -192,14 +236,28 @@ def _prepare_target(
         labels=torch.as_tensor(index, device=device),
         matrix=torch.as_tensor(matrix, dtype=torch.float32, device=device),
         inverse=torch.as_tensor(np.linalg.inv(matrix), dtype=torch.float32, device=device),
+        slice_axis=slice_axis,
     )
+    structure = ndimage.generate_binary_structure(3, 1)
+    if slice_axis is not None:
+        # The imaged planes in working-grid indices, and a band grown within each slice only.
+        to_original = (np.linalg.inv(np.asarray(ijk_to_ras, dtype=np.float64)) @ matrix)[slice_axis]
+        first, step = to_original[3], to_original[slice_axis]
+        ends = sorted(((0 - first) / step, (labels.shape[slice_axis] - 1 - first) / step))
+        target.slice_range = (math.ceil(ends[0] - 1e-6), math.floor(ends[1] + 1e-6))
+        structure = structure & (np.arange(3) == 1).reshape([3 if a == slice_axis else 1 for a in range(3)])
     for s in range(len(values)):
         mask = index == s
-        band = ndimage.binary_dilation(mask, iterations=2) & ~ndimage.binary_erosion(mask, iterations=2)
+        band = (ndimage.binary_dilation(mask, structure, iterations=2)
+                & ~ndimage.binary_erosion(mask, structure, iterations=2))
         target.band.append(torch.as_tensor(np.argwhere(band), dtype=torch.float32, device=device))
-        verts, _ = surface_from_mask(mask, matrix)
+        if slice_axis is None:
+            verts, _ = surface_from_mask(mask, matrix)
+        else:
+            verts = contour_points_on_slices(mask, matrix, slice_axis)
         pick = torch.randperm(verts.shape[0], generator=generator)[:n_surface]
-        target.surface.append(_SurfaceTarget(verts[pick].to(device=device, dtype=torch.float32)))
+        target.surface.append(_SurfaceTarget(verts[pick].to(device=device, dtype=torch.float32),
+                                             one_sided=slice_axis is not None))
         inside = target.to_world(torch.as_tensor(np.argwhere(mask), dtype=torch.float32, device=device)).double()
         target.low.append(inside.amin(dim=0).float())
         target.high.append(inside.amax(dim=0).float())
@@ -346,6 +404,7 @@ def fit_template(
     coarse_fraction: float = 0.4,
     learning_rate_mm: float = 1.0,
     mie_sharpening: float = 0.5,
+    thick_slices: bool | None = None,
 ) -> FitResult:
     """Deform ``template`` to the label map ``labels`` (see the module docstring).
 
@@ -373,6 +432,9 @@ def fit_template(
         learning_rate_mm: Adam step size of the offsets, mm (decays to a tenth).
         mie_sharpening: smoothing length of the MIE occupancy relative to that of the occupancy
             term (half the mean edge length): < 1 makes the MIE push act closer to the surface.
+        thick_slices: fit the labels on the slice planes only (module docstring); None: when
+            :func:`thick_slice_axis` finds thick slices, True: along the coarsest axis whatever
+            its spacing, False: never.
 
     Returns:
         :class:`FitResult` with one closed mesh per present structure in RAS mm.
@@ -407,8 +469,12 @@ def fit_template(
     rules = rules.subset(present)
     template = template.subset(present)
     names = rules.names
+    if thick_slices is None:
+        slice_axis = thick_slice_axis(matrix)
+    else:
+        slice_axis = int(np.argmax(np.linalg.norm(matrix[:3, :3], axis=0))) if thick_slices else None
     target = _prepare_target(array, matrix, [rules.structure(n).label for n in names], spacing_mm,
-                             3000, device, generator)
+                             3000, device, generator, slice_axis)
     t_prepared = time.perf_counter()
 
     # Affine initialisation and the fixed operators.
@@ -463,7 +529,8 @@ def fit_template(
         if use_occupancy:
             bce = []
             for s, (v, f) in enumerate(meshes):
-                points = _sample_occupancy_points(target, s, v, points_per_structure, 1.5 * voxel_mm, generator)
+                points = target.onto_slices(
+                    _sample_occupancy_points(target, s, v, points_per_structure, 1.5 * voxel_mm, generator))
                 truth = (target.label_at(points) == s).to(v.dtype)
                 soft = soft_occupancy(points, v, f, smoothing[s])
                 bce.append(torch.nn.functional.binary_cross_entropy(soft.clamp(_BCE_EPS, 1 - _BCE_EPS), truth))
@@ -480,7 +547,9 @@ def fit_template(
                                                       weights.violation_fraction, generator)
             ramp = max(0.0, (step - n_coarse) / max(steps - 1 - n_coarse, 1))
             mie_weight = weights.mie + ramp * (weights.mie_final - weights.mie)
-            terms["mie"] = mie_weight * mie_loss(meshes, names, rules.rules, query, target.label_at(query),
+            # Off the slices of a thick-slice stack nothing is labelled: the relational term alone.
+            query_labels = target.label_at(query) if slice_axis is None else None
+            terms["mie"] = mie_weight * mie_loss(meshes, names, rules.rules, query, query_labels,
                                                  mie_smoothing, is_violation=is_violation)
         displacement = verts - placed
         curvature = displacement - torch.sparse.mm(averaging, displacement)
@@ -519,4 +588,5 @@ def fit_template(
         initial_affine=affine.numpy(),
         cancelled=cancelled,
         resolved=report,
+        slice_axis=slice_axis,
     )
