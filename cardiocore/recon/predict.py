@@ -247,7 +247,9 @@ def _check_image(image: np.ndarray | torch.Tensor, ijk_to_ras: np.ndarray) -> tu
             f"voxel spacing {np.round(spacing, 2).tolist()} mm is {' and '.join(reasons)}: the shape across the "
             "slices is guessed and may be far off (on a real cine short-axis stack with 17.7 mm slices the "
             "end-diastolic cavities came out at a few ml, under half the true volumes after refinement). Check "
-            "the meshes against the image; for sparse slices, segment them (Segment Editor) and use Fit mode")
+            "the meshes against the image; for sparse slices, segment them (Segment Editor) and use Fit mode, "
+            "which fits such a stack on its slice planes (on that study's expert contours: cavities within 2.3 mm "
+            "of the reference at end-diastole)")
     return matrix, warnings
 
 

@@ -19,6 +19,8 @@ giving ``--centre`` on the heart would; the reference is used only for that plac
 
     .venv/bin/python docs/benchmarks/recon/real_cine_mr.py [--refine-steps N] [--model FILE]
 
+(``ours`` in the output is the prediction.) Fit mode on the same slices: ``real_cine_mr_fit.py``.
+
 Output kept: ``real-cine-mr-1.3.0.txt`` (bundled 1.3.0, without and with ``--refine-steps 60``).
 """
 
@@ -29,20 +31,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from cardiocore.geometry.distance import point_to_mesh_distance
-from cardiocore.geometry.volume import close_boundary, enclosed_volume
+from bivme_study import FITTED_SURFACES, FRAMES, STUDY, closed_ml, compare, fitted_meshes, mesh_ml, short_axis_stack
 from cardiocore.mrml.app import slicer_app
-from cardiocore.mrml.dicom import list_dicom_series, load_dicom_series
-from cardiocore.mrml.mesh_folders import read_mesh_file
-from cardiocore.mrml.volumes import volume_to_array
 from cardiocore.recon.predict import BUNDLED_PREDICTOR, load_predictor, predict_meshes
 from cardiocore.weights import resolve_model
-
-STUDY = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "bivme_patient1" / "example"
-FRAMES = {"ED": 0, "ES": 9}
-PAIRS = {"lv_cavity": "LV_ENDOCARDIAL", "rv": "RV_ENDOCARDIAL"}
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--refine-steps", type=int, default=0)
@@ -52,34 +45,15 @@ if not STUDY.is_dir():
     sys.exit(f"{STUDY} is absent: this needs the shared biv-me study")
 
 slicer_app()
-dicom_folder = STUDY / "dicoms" / "patient1"
-series = list_dicom_series(dicom_folder)
-short_axis_orientation = next(item.orientation for item in series if item.files[0].parent.name == "Se1")
-short_axis = [item.uid for item in series if np.allclose(item.orientation, short_axis_orientation)]
 predictor = load_predictor(args.model, device="cpu")
 model_file = Path(args.model) if args.model else resolve_model(BUNDLED_PREDICTOR)
 print(f"predictor {model_file.name} ({predictor.card.get('name', '?')}, {predictor.card.get('date', '?')}), "
-      f"refine steps {args.refine_steps}; {len(short_axis)} short-axis slices")
-
-
-def closed_ml(verts: np.ndarray, faces: np.ndarray) -> float:
-    closed_verts, closed_faces = close_boundary(torch.as_tensor(verts), torch.as_tensor(faces))
-    return abs(float(enclosed_volume(closed_verts, closed_faces))) / 1000.0
-
-
-def distances(points: np.ndarray, verts: np.ndarray, faces: np.ndarray) -> tuple[float, float]:
-    distance, _ = point_to_mesh_distance(torch.as_tensor(points, dtype=torch.float64),
-                                         torch.as_tensor(verts, dtype=torch.float64), torch.as_tensor(faces))
-    return float(distance.mean()), float(torch.quantile(distance, 0.95))
-
+      f"refine steps {args.refine_steps}; short-axis stack")
 
 volumes: dict[tuple[str, str, str], float] = {}
 for phase, frame in FRAMES.items():
-    node = load_dicom_series(dicom_folder, series_uids=short_axis, frame=frame)
-    image, ijk_to_ras = volume_to_array(node)
-    fitted_folder = STUDY / "fitted-models" / "default" / "patient1" / "vtk"
-    reference = {name: read_mesh_file(fitted_folder / f"patient1_{surface}_{frame:03d}.vtk")
-                 for name, surface in PAIRS.items()}
+    image, ijk_to_ras = short_axis_stack(frame)
+    reference = fitted_meshes(frame)
     corners = np.array([[i, j, k, 1.0] for i in (0, image.shape[0] - 1) for j in (0, image.shape[1] - 1)
                         for k in (0, image.shape[2] - 1)]) @ ijk_to_ras.T
     lv_centre = reference["lv_cavity"][0].mean(axis=0)
@@ -87,7 +61,7 @@ for phase, frame in FRAMES.items():
     print(f"\n{phase} (frame {frame}): image {image.shape}, spacing "
           f"{np.round(np.linalg.norm(ijk_to_ras[:3, :3], axis=0), 2).tolist()} mm; fitted LV centroid "
           f"{np.round(lv_centre, 1).tolist()} RAS {'inside' if inside else 'OUTSIDE'} the image box")
-    for name in PAIRS:
+    for name in FITTED_SURFACES:
         volumes[("fitted", phase, name)] = closed_ml(*reference[name])
     for placement, centre in (("image centre", None), ("LV centroid", lv_centre)):
         result, warnings = predict_meshes(image, ijk_to_ras, predictor, centre_ras=centre,
@@ -95,21 +69,14 @@ for phase, frame in FRAMES.items():
         for warning in warnings:
             print(f"  warning: {warning}")
         meshes = {name: (v.numpy(), f.numpy()) for name, v, f in zip(result.names, result.verts, result.faces)}
-        for name in PAIRS:
-            verts, faces = meshes[name]
-            ref_verts, ref_faces = reference[name]
-            to_pred = distances(ref_verts, verts, faces)
-            to_ref = distances(verts, ref_verts, ref_faces)
-            volume = abs(float(enclosed_volume(torch.as_tensor(verts), torch.as_tensor(faces)))) / 1000.0
-            volumes[(placement, phase, name)] = volume
-            print(f"  {placement:12s} {name:9s} fitted->predicted {to_pred[0]:5.1f} mm (p95 {to_pred[1]:5.1f}), "
-                  f"predicted->fitted {to_ref[0]:5.1f} mm (p95 {to_ref[1]:5.1f}); volume {volume:6.1f} ml "
-                  f"vs fitted {volumes[('fitted', phase, name)]:6.1f} ml")
+        for name in FITTED_SURFACES:
+            volumes[(placement, phase, name)] = mesh_ml(*meshes[name])
+            print(f"  {placement:12s} {compare(name, *meshes[name], reference[name])}")
 
 print("\nejection fraction (EDV - ESV) / EDV:")
 for source in ("fitted", "image centre", "LV centroid"):
     figures = []
-    for name in PAIRS:
+    for name in FITTED_SURFACES:
         edv, esv = volumes[(source, "ED", name)], volumes[(source, "ES", name)]
         figures.append(f"{name} EDV {edv:6.1f} ml ESV {esv:6.1f} ml EF {100 * (edv - esv) / edv:5.1f} %")
     print(f"  {source:12s} " + "; ".join(figures))
