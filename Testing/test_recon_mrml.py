@@ -75,8 +75,9 @@ def test_fit_label_file_mmwhs(app, tmp_path) -> None:
 
 def test_cli_fit_on_a_thick_slice_stack_fits_the_slice_planes(app, tmp_path, capsys) -> None:
     """A short-axis-like label file (LV and RV of the phantom on 12 mm slices of 2.5 mm pixels):
-    ``cardio recon fit`` fits it on the slice planes, says so, and records the axis; a volume
-    label map of the same heart records none (scenario_fit_label_file)."""
+    ``cardio recon fit`` fits it on the slice planes, says so, and records the axis, and so does
+    the module's logic on the same stack as a segmentation node; a volume label map of the same
+    heart records none (scenario_fit_label_file)."""
     from cardiocore.phantoms.heart import heart_label_phantom
 
     phantom = heart_label_phantom(shape=(56, 56, 10), spacing=(2.5, 2.5, 12.0), seed=2)
@@ -87,6 +88,15 @@ def test_cli_fit_on_a_thick_slice_stack_fits_the_slice_planes(app, tmp_path, cap
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["thick_slice_axis"] == 2 and metrics["fitted"] == ["lv_cavity", "lv_myocardium", "rv"]
     assert "thick slices (voxel axis 2): fitted on the slice planes" in capsys.readouterr().out
+
+    # The same stack segmented in the Segment Editor: the segmentation keeps the slices' geometry.
+    from cardiocore.mrml.segmentations import arrays_to_segmentation
+
+    names = MODULE.EDITOR_NAMES[:3]
+    masks = {name: labels == label for label, name in enumerate(names, start=1)}
+    nodes = reconstruct_from_segmentation(arrays_to_segmentation(masks, phantom.ijk_to_ras, name="stack"),
+                                          steps=10, device="cpu")
+    assert nodes.metrics["thick_slice_axis"] == 2 and set(nodes.model_nodes) == {"lv_cavity", "lv_myocardium", "rv"}
 
 
 def test_cancel_and_bad_input_add_nothing(app) -> None:
