@@ -24,6 +24,7 @@ Components = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 _SIZE_OCTAVES = 12  # faces smaller than 2**-12 of the largest share the last size group
 _THIN_FACE = 1e-6  # twice area / longest edge^2 below which a face's plane is not used to prune
 _PRUNE_SLACK = 1e-7  # relative slack of the float64 pruning tests (conservative: only costs pairs)
+_PARALLEL_QUERY_POINTS = 20_000  # KD-tree queries of fewer points run on one thread
 
 
 class ClosestPoints(NamedTuple):
@@ -242,6 +243,13 @@ class _FaceBounds(NamedTuple):
         return lower_sq <= point[:, 3] + _PRUNE_SLACK * centre_sq
 
 
+
+def _query_workers(n_points: int) -> int:
+    """Threads for a KD-tree query of ``n_points`` points: all cores (-1) for large queries, one
+    below :data:`_PARALLEL_QUERY_POINTS`, where starting the threads costs more than they save
+    (the resolution step's thousands of small queries spent ~0.2 s starting threads)."""
+    return -1 if n_points >= _PARALLEL_QUERY_POINTS else 1
+
 def _nearest_faces_kdtree(
     points: torch.Tensor, corners: torch.Tensor, max_pairs: int
 ) -> torch.Tensor:
@@ -258,7 +266,8 @@ def _nearest_faces_kdtree(
     triangles = _Triangles.from_corners(corners)
     faces = _FaceBounds.from_corners(corners)
     points_np, centroids_np = points.numpy(), faces.centroids.numpy()
-    _, nearest = cKDTree(centroids_np).query(points_np, workers=-1)
+    workers = _query_workers(len(points_np))
+    _, nearest = cKDTree(centroids_np).query(points_np, workers=workers)
     nearest_sq, _, _ = _nearest_on_triangles(
         _components(points), triangles.select(torch.from_numpy(nearest))
     )
@@ -269,7 +278,7 @@ def _nearest_faces_kdtree(
         reach = (bound.numpy() + float(faces.radius[ids].max())) * (1 + _PRUNE_SLACK)
         groups.append((ids, cKDTree(centroids_np[ids]), reach))
     counts = sum(
-        tree.query_ball_point(points_np, reach, workers=-1, return_length=True)
+        tree.query_ball_point(points_np, reach, workers=workers, return_length=True)
         for _, tree, reach in groups
     )
     group_of_point = np.cumsum(counts) // max_pairs
@@ -279,7 +288,7 @@ def _nearest_faces_kdtree(
     for start, stop in zip(starts[:-1], starts[1:], strict=True):
         pair_point, pair_face = [], []
         for ids, tree, reach in groups:
-            found = tree.query_ball_point(points_np[start:stop], reach[start:stop], workers=-1)
+            found = tree.query_ball_point(points_np[start:stop], reach[start:stop], workers=workers)
             lengths = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
             pair_point.append(np.repeat(np.arange(start, stop), lengths))
             listed = np.fromiter(chain.from_iterable(found), np.int64, count=int(lengths.sum()))

@@ -70,28 +70,30 @@ def _candidate_pairs(
     indices into A: only pairs with at least one of these faces (default: all pairs).
     """
     centres_a, radii_a = _bounding_spheres(corners_a)
-    centres_b, radii_b = _bounding_spheres(corners_b)
+    centres_b, radii_b = (centres_a, radii_a) if same else _bounding_spheres(corners_b)
+    rows = None if among is None else np.unique(np.asarray(among, dtype=np.int64))
     # Centre pairs within the largest possible reach; the per-pair test below is the tight one.
-    reach = radii_a.max(initial=0.0) + radii_b.max(initial=0.0) + tolerance
+    listed_radii = radii_a if rows is None else radii_a[rows]
+    reach = listed_radii.max(initial=0.0) + radii_b.max(initial=0.0) + tolerance
     tree_b = cKDTree(centres_b)
     if same and among is None:
         found = tree_b.query_pairs(reach, output_type="ndarray")  # i < j
         first, second = found[:, 0], found[:, 1]
+        gap = np.linalg.norm(centres_a[first] - centres_b[second], axis=1)
     else:
-        rows = np.arange(len(centres_a)) if among is None else np.unique(np.asarray(among, dtype=np.int64))
+        rows = np.arange(len(centres_a)) if rows is None else rows
         found = cKDTree(centres_a[rows]).sparse_distance_matrix(tree_b, reach, output_type="ndarray")
-        first, second = rows[found["i"]], found["j"].astype(np.int64)
+        first, second, gap = rows[found["i"]], found["j"].astype(np.int64), found["v"]
         if same:
             # Each unordered pair once, as (low, high): a pair of two listed faces is found from
             # both, so keep it from its lower face; one listed face finds it once.
             listed = np.zeros(len(centres_a), dtype=bool)
             listed[rows] = True
             keep = (first != second) & ((first < second) | ~listed[second])
-            first, second = np.minimum(first, second)[keep], np.maximum(first, second)[keep]
-    gap = np.linalg.norm(centres_a[first] - centres_b[second], axis=1)
+            first, second, gap = np.minimum(first, second)[keep], np.maximum(first, second)[keep], gap[keep]
     keep = gap <= radii_a[first] + radii_b[second] + tolerance
     low_a, high_a = corners_a.min(axis=1), corners_a.max(axis=1)
-    low_b, high_b = corners_b.min(axis=1), corners_b.max(axis=1)
+    low_b, high_b = (low_a, high_a) if same else (corners_b.min(axis=1), corners_b.max(axis=1))
     first, second = first[keep], second[keep]
     boxes = (low_a[first] <= high_b[second] + tolerance) & (low_b[second] <= high_a[first] + tolerance)
     keep = boxes.all(axis=1)
