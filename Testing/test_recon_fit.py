@@ -105,13 +105,15 @@ def test_thick_slice_axis_finds_a_short_axis_stack_and_nothing_else() -> None:
     assert thick_slice_axis(matrix([1.0, 1.0, 3.0])) is None  # thin slices
     assert thick_slice_axis(matrix([2.0, 2.0, 5.5])) is None  # ratio under 3
     assert thick_slice_axis(matrix([0.49, 0.49, 0.625])) is None  # MM-WHS CT
+    assert thick_slice_axis(matrix([1.41, 1.41, 6.0]), (256, 208, 1)) == 2  # one long-axis slice
+    assert thick_slice_axis(matrix([1.0, 1.0, 1.0]), (1, 64, 64)) == 0  # one slice, whatever its spacing
 
 
 def test_a_thick_slice_stack_is_fitted_on_its_slice_planes(template: HeartTemplate) -> None:
     """A short-axis-like stack with known truth: the phantom's LV and RV sampled on 15 mm slices
     (2 mm pixels), scored against the same phantom on a 2 mm grid. Measured (seed 3, 100 steps,
-    one thread): fitted on the planes (the default for such a stack) Dice 0.950 cavity, 0.878
-    myocardium, 0.913 RV; fitted as a volume (each label filling its 15 mm slab) 0.899, 0.816,
+    one thread): fitted on the planes (the default for such a stack) Dice 0.936 cavity, 0.873
+    myocardium, 0.931 RV; fitted as a volume (each label filling its 15 mm slab) 0.899, 0.816,
     0.891. At 10 mm slices the two are within 0.01 of each other. Thresholds: measured - 0.02."""
     keep = (1, 2, 3)
     stack = heart_label_phantom(shape=(64, 64, 8), spacing=(2.0, 2.0, 15.0), seed=3)
@@ -128,9 +130,39 @@ def test_a_thick_slice_stack_is_fitted_on_its_slice_planes(template: HeartTempla
                          for name, (v, f) in zip(result.names, result.meshes(), strict=True)}
     on_planes, as_volume = scores[None], scores[False]
     assert set(on_planes) == {"lv_cavity", "lv_myocardium", "rv"}
-    minimum = {"lv_cavity": 0.93, "lv_myocardium": 0.85, "rv": 0.89}
+    minimum = {"lv_cavity": 0.91, "lv_myocardium": 0.85, "rv": 0.91}
     assert all(on_planes[n] >= minimum[n] for n in minimum), on_planes
     assert sum(on_planes.values()) >= sum(as_volume.values()) + 0.06, (on_planes, as_volume)
+
+
+
+def test_long_axis_views_add_what_the_short_axis_stack_misses(template: HeartTemplate) -> None:
+    """Six 15 mm slices leave the base and apex to the template; two single-slice views through
+    the heart's centre on their own grids (as long-axis cines are) pin them. Measured (seed 3,
+    100 steps, one thread), Dice against the phantom on a 2 mm grid: stack alone 0.923 cavity,
+    0.871 myocardium, 0.908 RV; with the views 0.940, 0.902, 0.937. Thresholds: measured - 0.02."""
+    keep = (1, 2, 3)
+    stack = heart_label_phantom(shape=(64, 64, 6), spacing=(2.0, 2.0, 15.0), seed=3)
+    dense = heart_label_phantom(shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0), seed=3)
+    views = [heart_label_phantom(shape=shape, spacing=spacing, seed=3)
+             for shape, spacing in (((64, 1, 64), (2.0, 6.0, 2.0)), ((1, 64, 64), (6.0, 2.0, 2.0)))]
+    labels = np.where(np.isin(stack.labels, keep), stack.labels, 0)
+    view_maps = [(np.where(np.isin(v.labels, keep), v.labels, 0), v.ijk_to_ras) for v in views]
+    rules = RuleSet.default()
+    scores = {}
+    for with_views in (False, True):
+        result = fit_template(labels, stack.ijk_to_ras, rules, template, steps=100,
+                              views=view_maps if with_views else ())
+        scores[with_views] = {name: float(dice(voxelize_mesh(v, f, dense.labels.shape, dense.ijk_to_ras),
+                                               dense.labels == rules.structure(name).label))
+                              for name, (v, f) in zip(result.names, result.meshes(), strict=True)}
+    minimum = {"lv_cavity": 0.92, "lv_myocardium": 0.88, "rv": 0.915}
+    assert all(scores[True][n] >= minimum[n] for n in minimum), scores[True]
+    assert sum(scores[True].values()) >= sum(scores[False].values()) + 0.04, scores
+
+    with pytest.raises(CardioInputError, match="view 2: shows none of the fitted structures"):
+        fit_template(labels, stack.ijk_to_ras, rules, template, steps=1,
+                     views=[view_maps[0], (np.zeros((8, 8, 1), dtype=np.int16), np.eye(4))])
 
 
 def _bulge(verts: torch.Tensor, faces: torch.Tensor, towards: torch.Tensor, height_mm: float, radius_mm: float) -> torch.Tensor:

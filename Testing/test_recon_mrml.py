@@ -75,9 +75,10 @@ def test_fit_label_file_mmwhs(app, tmp_path) -> None:
 
 def test_cli_fit_on_a_thick_slice_stack_fits_the_slice_planes(app, tmp_path, capsys) -> None:
     """A short-axis-like label file (LV and RV of the phantom on 12 mm slices of 2.5 mm pixels):
-    ``cardio recon fit`` fits it on the slice planes, says so, and records the axis, and so does
-    the module's logic on the same stack as a segmentation node; a volume label map of the same
-    heart records none (scenario_fit_label_file)."""
+    ``cardio recon fit`` fits it on the slice planes, says so, and records the axis, also with a
+    single-slice long-axis view (``--views``; one without any structure is refused, naming it),
+    and so does the module's logic on the same stack as a segmentation node; a volume label map
+    of the same heart records none (scenario_fit_label_file)."""
     from cardiocore.phantoms.heart import heart_label_phantom
 
     phantom = heart_label_phantom(shape=(56, 56, 10), spacing=(2.5, 2.5, 12.0), seed=2)
@@ -88,6 +89,21 @@ def test_cli_fit_on_a_thick_slice_stack_fits_the_slice_planes(app, tmp_path, cap
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["thick_slice_axis"] == 2 and metrics["fitted"] == ["lv_cavity", "lv_myocardium", "rv"]
     assert "thick slices (voxel axis 2): fitted on the slice planes" in capsys.readouterr().out
+
+    # A long-axis-like single slice through the heart's centre as a second view.
+    view = heart_label_phantom(shape=(56, 1, 56), spacing=(2.5, 6.0, 2.5), seed=2)
+    view_path = write_node(array_to_volume(np.where(np.isin(view.labels, (1, 2, 3)), view.labels, 0),
+                                           view.ijk_to_ras, "view", labelmap=True), tmp_path / "view.nii.gz")
+    argv = ["recon", "fit", "--labels", str(path), "--views", str(view_path), "--out", str(tmp_path / "fit2"),
+            "--steps", "10", "--device", "cpu"]
+    assert cardio(argv) == 0
+    metrics = json.loads((tmp_path / "fit2" / "metrics.json").read_text())
+    assert metrics["views"] == 1 and metrics["view_labels"] == [str(view_path.resolve())]
+    empty_path = write_node(array_to_volume(np.zeros((8, 8, 1), dtype=np.int16), np.eye(4), "empty", labelmap=True),
+                            tmp_path / "empty.nii.gz")
+    argv[argv.index("--views") + 1] = str(empty_path)
+    assert cardio([*argv, "--overwrite"]) == 2
+    assert "view 1: shows none of the fitted structures" in capsys.readouterr().err
 
     # The same stack segmented in the Segment Editor: the segmentation keeps the slices' geometry.
     from cardiocore.mrml.segmentations import arrays_to_segmentation

@@ -296,16 +296,21 @@ def reconstruct_from_labelmap(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     folder_name: str | None = None,
+    view_nodes: Sequence[Any] = (),
 ) -> ReconNodes:
     """As :func:`reconstruct_from_segmentation`, from a labelmap volume coded as ``rules`` says
-    (default labels 1..7; ``rules="mmwhs"`` for MM-WHS codes 205, 420, ...).
+    (default labels 1..7; ``rules="mmwhs"`` for MM-WHS codes 205, 420, ...). ``view_nodes``:
+    more labelmap volumes of the same heart on their own grids, coded the same way (the
+    long-axis slices of a cine study next to its short-axis stack; ``fit_template``'s
+    ``views``); the quality figures are measured against ``labelmap_node``.
 
     Raises:
         CardioInputError: not a labelmap volume node, or no structure of ``rules`` in it.
     """
-    if labelmap_node is None or not labelmap_node.IsA("vtkMRMLLabelMapVolumeNode"):
-        raise CardioInputError("input", f"expected a labelmap volume node, got {describe_node(labelmap_node)}",
-                               "convert a segmentation or choose the labelmap")
+    for role, node in (("input", labelmap_node), *((f"view {v}", n) for v, n in enumerate(view_nodes, start=1))):
+        if node is None or not node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise CardioInputError(role, f"expected a labelmap volume node, got {describe_node(node)}",
+                                   "convert a segmentation or choose the labelmap")
     rule_set = resolve_rule_set(rules)
     _report(progress, 0.0, "reading the labelmap")
     labels, ijk_to_ras = volume_to_array(labelmap_node)
@@ -314,6 +319,7 @@ def reconstruct_from_labelmap(
         options=FitOptions(steps, weights, use_mie, seed, vr_points, svr_points), template=template,
         device=device, progress=progress, should_stop=should_stop,
         folder_name=folder_name or f"CardioReconstruct {labelmap_node.GetName()}", extra={},
+        views=[volume_to_array(node) for node in view_nodes],
     )
 
 
@@ -343,8 +349,10 @@ def _reconstruct_to_scene(
     should_stop: Callable[[], bool] | None,
     folder_name: str,
     extra: Mapping[str, Any],
+    views: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> ReconNodes:
-    """Fit, then measure against ``labels`` and add the nodes (:func:`_measure_to_scene`)."""
+    """Fit (with ``views``, other label maps of the heart: ``fit_template``'s), then measure
+    against ``labels`` and add the nodes (:func:`_measure_to_scene`)."""
     started = time.perf_counter()
     template = template or load_template()
     torch_device = resolve_device(device)
@@ -355,7 +363,7 @@ def _reconstruct_to_scene(
     _report(progress, _FIT_START, "fitting the template")
     result = fit_template(
         labels, ijk_to_ras, rules, template, weights=options.weights, steps=options.steps, use_mie=options.use_mie,
-        device=torch_device, seed=options.seed, progress=fit_progress, should_stop=should_stop,
+        device=torch_device, seed=options.seed, progress=fit_progress, should_stop=should_stop, views=views,
     )
     if result.cancelled or _stopped(should_stop):
         raise _cancelled()
@@ -373,6 +381,7 @@ def _reconstruct_to_scene(
         "mode": "fit",
         "fitted": list(result.names),
         "thick_slice_axis": result.slice_axis,
+        "views": len(views),
         "device": str(torch_device),
         "steps": options.steps,
         "use_mie": options.use_mie,
@@ -811,6 +820,7 @@ def fit_label_file(
     vr_points: int = VR_POINTS,
     svr_points: int = SVR_POINTS,
     progress: ProgressFn | None = None,
+    view_paths: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
     """``cardio recon fit``: fit a label map file and write ``out_dir/<structure>.vtk`` (RAS mm,
     one per fitted structure, with the region array), ``out_dir/meshes.seg.nrrd`` and
@@ -823,6 +833,8 @@ def fit_label_file(
             "mmwhs-reindexed", or a rule-set JSON file.
         steps, device, use_mie: fit settings; vr_points, svr_points: samples per rule for VR and
             SVR. overwrite: replace existing output files. progress: ``progress(fraction, message)``.
+        view_paths: more label map files of the same heart, coded the same way (long-axis
+            slices; :func:`reconstruct_from_labelmap`'s ``view_nodes``).
 
     Returns:
         the metrics dict written to ``metrics.json``.
@@ -834,10 +846,12 @@ def fit_label_file(
     """
     rules = resolve_rule_set(structures)
     out = _checked_out_dir(out_dir, rules.names, overwrite)
-    with _file_nodes((labels_path, "labelmap")) as (labelmap,):
+    with _file_nodes((labels_path, "labelmap"), *((path, "labelmap") for path in view_paths)) as (labelmap, *views):
         nodes = reconstruct_from_labelmap(labelmap, rules=rules, steps=steps, use_mie=use_mie, device=device,
-                                          vr_points=vr_points, svr_points=svr_points, progress=progress)
-    return _write_outputs(nodes, out, overwrite, {"labels": str(Path(labels_path).resolve())})
+                                          vr_points=vr_points, svr_points=svr_points, progress=progress,
+                                          view_nodes=views)
+    return _write_outputs(nodes, out, overwrite, {"labels": str(Path(labels_path).resolve()),
+                                                  "view_labels": [str(Path(v).resolve()) for v in view_paths]})
 
 
 def predict_image_file(

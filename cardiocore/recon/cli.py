@@ -53,7 +53,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from cardiocore.mrml.recon import fit_label_file
 
     metrics = fit_label_file(args.labels, args.out, structures=args.structures, steps=args.steps,
-                             device=args.device, overwrite=args.overwrite, progress=_report)
+                             device=args.device, overwrite=args.overwrite, progress=_report, view_paths=args.views)
     _print_fit_summary(metrics, Path(args.out))
     return 0
 
@@ -241,6 +241,9 @@ def add_recon_commands(commands: Any) -> None:
 
     fit = verbs.add_parser("fit", help="deform the bundled template to a label map (no training)")
     fit.add_argument("--labels", required=True, help="label map (.nii, .nii.gz, or .npz with labels, ijk_to_ras)")
+    fit.add_argument("--views", nargs="+", default=[], metavar="FILE",
+                     help="more label maps of the same heart on their own grids, coded like --labels "
+                          "(e.g. long-axis slices next to a short-axis stack)")
     fit.add_argument("--structures", default="default", help=STRUCTURES_HELP)
     fit.add_argument("--steps", type=int, default=150, help="optimisation steps (default 150)")
     fit.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")

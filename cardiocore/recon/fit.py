@@ -29,11 +29,13 @@ map's IJK-to-RAS matrix, so oblique and anisotropic grids need no special case.
    Thick slices (a cine short-axis stack: slices >= ``THICK_SLICE_MM`` apart and
    ``THICK_SLICE_RATIO`` times the in-plane spacing): the labels are known on the slice planes
    only, not in the slabs between them (filling the slabs would fit the staircase of a
-   slice-summation volume). The occupancy points are moved onto the nearest imaged slice (those
-   beyond the first and last slices are dropped: nothing is known there), the boundary points
-   are the in-plane outlines on each slice and the Chamfer term is one-sided (outline to
-   vertices), and the MIE term is the relational one (no labels off the slices); the template's
-   shape and the smoothness terms carry the surface between the slices.
+   slice-summation volume). The occupancy points are moved onto the nearest imaged slice (nothing
+   is known off the slices, nor beyond the first and last), the boundary points are the in-plane
+   outlines on each slice and the Chamfer term is one-sided (outline to vertices), and the MIE
+   term is the relational one (no labels off the slices); the template's shape and the
+   smoothness terms carry the surface between the slices. More label maps of the same heart on
+   their own grids (``views``: the long-axis slices of a cine study) add occupancy and outline
+   terms in the same way, each on its own slices.
 4. Resolution (``resolve``, on by default): the vertices that still break a rule are moved just
    past the other surface, then self-intersections are untangled
    (:func:`cardiocore.recon.resolve.resolve_meshes`).
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,12 +176,13 @@ class _Target:
     matrix: torch.Tensor  # (4, 4) IJK -> RAS
     inverse: torch.Tensor  # (4, 4) RAS -> IJK
     band: list[torch.Tensor] = field(default_factory=list)  # per structure, voxel indices (M_s, 3)
-    surface: list[_SurfaceTarget] = field(default_factory=list)  # per structure, boundary points
-    low: list[torch.Tensor] = field(default_factory=list)  # per structure, box corners (3,) mm
-    high: list[torch.Tensor] = field(default_factory=list)
+    # Per structure, None where it has no voxel (a view that does not show it):
+    surface: list[_SurfaceTarget | None] = field(default_factory=list)  # boundary points
+    low: list[torch.Tensor | None] = field(default_factory=list)  # box corners (3,) mm
+    high: list[torch.Tensor | None] = field(default_factory=list)
     volumes: list[float] = field(default_factory=list)  # mm^3
-    centroids: list[torch.Tensor] = field(default_factory=list)  # (3,) mm, float64
-    second_moments: list[torch.Tensor] = field(default_factory=list)  # (3, 3) integral of x x^T, mm^5
+    centroids: list[torch.Tensor | None] = field(default_factory=list)  # (3,) mm, float64
+    second_moments: list[torch.Tensor | None] = field(default_factory=list)  # (3, 3) integral of x x^T, mm^5
     slice_axis: int | None = None  # thick-slice axis: labels known on its planes only
     slice_range: tuple[int, int] = (0, 0)  # the imaged planes along it, working-grid indices
 
@@ -198,24 +201,26 @@ class _Target:
         return out
 
     def onto_slices(self, points: torch.Tensor) -> torch.Tensor:
-        """Points (N, 3) mm moved along the slice axis onto the nearest imaged slice; those
-        nearest no imaged slice are dropped, (N', 3). Unchanged without a slice axis."""
+        """Points (N, 3) mm moved along the slice axis onto the nearest imaged slice (the first
+        or last for points beyond the stack, the only one for a single slice), (N, 3).
+        Unchanged without a slice axis."""
         if self.slice_axis is None:
             return points
         ijk = points @ self.inverse[:3, :3].T + self.inverse[:3, 3]
-        plane = torch.round(ijk[:, self.slice_axis])
-        keep = (plane >= self.slice_range[0]) & (plane <= self.slice_range[1])
-        ijk = ijk[keep]
-        ijk[:, self.slice_axis] = plane[keep]
+        ijk[:, self.slice_axis] = torch.round(ijk[:, self.slice_axis]).clamp(*self.slice_range)
         return self.to_world(ijk)
 
 
-def thick_slice_axis(ijk_to_ras: np.ndarray) -> int | None:
+def thick_slice_axis(ijk_to_ras: np.ndarray, shape: tuple[int, ...] | None = None) -> int | None:
     """The axis of a label map made of thick or widely spaced slices, or None.
 
     Thick: its spacing is at least :data:`THICK_SLICE_MM` and :data:`THICK_SLICE_RATIO` times
     the largest of the other two (a cine short-axis stack, 8-20 mm slices of 1-2 mm pixels).
+    A label map one voxel deep along an axis (a single long-axis slice, given ``shape``) is a
+    slice along it whatever its spacing.
     """
+    if shape is not None and 1 in tuple(shape)[:3]:
+        return tuple(shape).index(1)
     spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=np.float64)[:3, :3], axis=0)
     axis = int(np.argmax(spacing))
     if spacing[axis] >= THICK_SLICE_MM and spacing[axis] >= THICK_SLICE_RATIO * np.delete(spacing, axis).max():
@@ -251,6 +256,14 @@ def _prepare_target(
         band = (ndimage.binary_dilation(mask, structure, iterations=2)
                 & ~ndimage.binary_erosion(mask, structure, iterations=2))
         target.band.append(torch.as_tensor(np.argwhere(band), dtype=torch.float32, device=device))
+        if not mask.any():
+            target.surface.append(None)
+            target.low.append(None)
+            target.high.append(None)
+            target.volumes.append(0.0)
+            target.centroids.append(None)
+            target.second_moments.append(None)
+            continue
         if slice_axis is None:
             verts, _ = surface_from_mask(mask, matrix)
         else:
@@ -364,18 +377,21 @@ def _sample_occupancy_points(
     target: _Target, s: int, verts: torch.Tensor, n: int, noise_mm: float, generator: torch.Generator
 ) -> torch.Tensor:
     """Points (n, 3) mm around structure s: half in its boundary band (jittered voxels), a
-    quarter near the current surface, a quarter uniform in the box around both."""
+    quarter near the current surface, a quarter uniform in the box around both (without the
+    band and the label box where a view does not show the structure)."""
     device = verts.device
-    n_band, n_near = n // 2, n // 4
-    n_box = n - n_band - n_near
     band = target.band[s]
-    pick = torch.randint(0, band.shape[0], (n_band,), generator=generator).to(device)
+    n_band, n_near = (n // 2 if band.shape[0] else 0), n // 4
+    n_box = n - n_band - n_near
+    pick = torch.randint(0, max(band.shape[0], 1), (n_band,), generator=generator).to(device)
     jitter = torch.rand(n_band, 3, generator=generator).to(device) - 0.5
     band_points = target.to_world(band[pick] + jitter)
     near_pick = torch.randint(0, verts.shape[0], (n_near,), generator=generator).to(device)
     near = verts.detach()[near_pick] + noise_mm * torch.randn(n_near, 3, generator=generator).to(device)
-    low = torch.minimum(target.low[s], verts.detach().amin(dim=0)) - 5.0
-    high = torch.maximum(target.high[s], verts.detach().amax(dim=0)) + 5.0
+    low, high = verts.detach().amin(dim=0), verts.detach().amax(dim=0)
+    if target.low[s] is not None:
+        low, high = torch.minimum(target.low[s], low), torch.maximum(target.high[s], high)
+    low, high = low - 5.0, high + 5.0
     box = low + torch.rand(n_box, 3, generator=generator).to(device) * (high - low)
     return torch.cat([band_points, near, box])
 
@@ -405,6 +421,7 @@ def fit_template(
     learning_rate_mm: float = 1.0,
     mie_sharpening: float = 0.5,
     thick_slices: bool | None = None,
+    views: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> FitResult:
     """Deform ``template`` to the label map ``labels`` (see the module docstring).
 
@@ -435,6 +452,13 @@ def fit_template(
         thick_slices: fit the labels on the slice planes only (module docstring); None: when
             :func:`thick_slice_axis` finds thick slices, True: along the coarsest axis whatever
             its spacing, False: never.
+        views: more label maps of the same heart on their own grids, coded like ``labels``,
+            each (I, J, K) with its (4, 4) IJK-to-RAS matrix: the long-axis slices of a cine
+            MR study next to its short-axis stack (a single slice, or thick slices, is fitted on
+            its planes). They add occupancy points (half as many per structure as ``labels``)
+            and outline points for the structures fitted from ``labels`` (the initialisation,
+            the MIE labels and the missing list come from ``labels`` alone); a structure a
+            view does not show is background on its planes.
 
     Returns:
         :class:`FitResult` with one closed mesh per present structure in RAS mm.
@@ -470,11 +494,21 @@ def fit_template(
     template = template.subset(present)
     names = rules.names
     if thick_slices is None:
-        slice_axis = thick_slice_axis(matrix)
+        slice_axis = thick_slice_axis(matrix, array.shape)
     else:
         slice_axis = int(np.argmax(np.linalg.norm(matrix[:3, :3], axis=0))) if thick_slices else None
-    target = _prepare_target(array, matrix, [rules.structure(n).label for n in names], spacing_mm,
-                             3000, device, generator, slice_axis)
+    values = [rules.structure(n).label for n in names]
+    target = _prepare_target(array, matrix, values, spacing_mm, 3000, device, generator, slice_axis)
+    view_targets = []
+    for v, (view_labels, view_matrix) in enumerate(views, start=1):
+        view_array, view_matrix = np.asarray(view_labels), checked_matrix(view_matrix)
+        if view_array.ndim != 3:
+            raise VolumeError(f"view {v}", f"must be a 3-D (I, J, K) label map, got shape {view_array.shape}")
+        if not np.isin(view_array, values).any():
+            raise CardioInputError(f"view {v}", f"shows none of the fitted structures ({', '.join(names)})",
+                                   "code it like the main label map, or leave it out")
+        view_targets.append(_prepare_target(view_array, view_matrix, values, spacing_mm, 3000, device, generator,
+                                            thick_slice_axis(view_matrix, view_array.shape)))
     t_prepared = time.perf_counter()
 
     # Affine initialisation and the fixed operators.
@@ -528,15 +562,18 @@ def fit_template(
         terms: dict[str, torch.Tensor] = {}
         if use_occupancy:
             bce = []
-            for s, (v, f) in enumerate(meshes):
-                points = target.onto_slices(
-                    _sample_occupancy_points(target, s, v, points_per_structure, 1.5 * voxel_mm, generator))
-                truth = (target.label_at(points) == s).to(v.dtype)
-                soft = soft_occupancy(points, v, f, smoothing[s])
-                bce.append(torch.nn.functional.binary_cross_entropy(soft.clamp(_BCE_EPS, 1 - _BCE_EPS), truth))
+            for view, n_points in ((target, points_per_structure),
+                                   *((t, points_per_structure // 2) for t in view_targets)):
+                for s, (v, f) in enumerate(meshes):
+                    points = view.onto_slices(
+                        _sample_occupancy_points(view, s, v, n_points, 1.5 * voxel_mm, generator))
+                    truth = (view.label_at(points) == s).to(v.dtype)
+                    soft = soft_occupancy(points, v, f, smoothing[s])
+                    bce.append(torch.nn.functional.binary_cross_entropy(soft.clamp(_BCE_EPS, 1 - _BCE_EPS), truth))
             terms["occupancy"] = weights.occupancy * torch.stack(bce).mean()
         if use_surface:
-            chamfer = [target.surface[s].chamfer(v) for s, (v, _) in enumerate(meshes)]
+            chamfer = [view.surface[s].chamfer(v) for view in (target, *view_targets)
+                       for s, (v, _) in enumerate(meshes) if view.surface[s] is not None]
             terms["surface"] = weights.surface * torch.stack(chamfer).mean()
         if use_mie and rules.rules:
             if violations is None or step % mie_refresh == 0:
