@@ -38,6 +38,21 @@ def short_axis_stack(frame: int) -> tuple[np.ndarray, np.ndarray]:
     return volume_to_array(load_dicom_series(folder, series_uids=uids, frame=frame))
 
 
+def _slice_ids() -> dict[str, int]:
+    """DICOM file name -> the slice id the guide points use (``SliceInfoFile.txt``)."""
+    lines = (STUDY / "guidepoints" / "default" / "patient1" / "SliceInfoFile.txt").read_text().splitlines()
+    return {line.split("\t")[0].strip(): int(line.split("\t")[2]) for line in lines if line.strip()}
+
+
+def long_axis_slice(slice_id: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """One long-axis view (the series holding guide-point slice ``slice_id``) of one frame:
+    intensities (I, J, 1) and IJK-to-RAS (4, 4), mm (the third column spans the slice thickness)."""
+    folder = STUDY / "dicoms" / "patient1"
+    ids = _slice_ids()
+    item = next(item for item in list_dicom_series(folder) if slice_id in {ids.get(f.name) for f in item.files})
+    return volume_to_array(load_dicom_series(folder, series_uids=[item.uid], frame=frame))
+
+
 def fitted_meshes(frame: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per structure of :data:`FITTED_SURFACES`: the study's fitted surface, vertices (V, 3) RAS mm
     and faces (F, 3) (open at the valves)."""

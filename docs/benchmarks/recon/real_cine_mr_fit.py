@@ -6,11 +6,14 @@ segmentation of the stack would be, ``lv_cavity`` inside the LV endocardium, ``l
 between it and the LV epicardium (the septum's RV side closing it), ``rv`` inside the RV free wall
 and septum contours) and fit the template to that label map. The study (``bivme_study``) is a 3T
 bSSFP cine with 6 short-axis slices 17.7 mm apart; the reference meshes were fitted by biv-me to the
-same short-axis contours **and** to long-axis contours this segmentation does not have (so the
-base and apex are known to the reference, not to the fit).
+same short-axis contours **and** to long-axis contours (so without the long-axis views the base
+and apex are known to the reference, not to the fit).
 
-Each frame is fitted twice, as a volume (each label filling its 17.7 mm slab) and as thick slices
-(the default on such a stack: labels on the slice planes only). Scores per frame (ED 0, ES 9): distances both ways between our LV and RV cavities and the fitted LV
+Each frame is fitted three times: as a volume (each label filling its 17.7 mm slab), as thick
+slices (the default on such a stack: labels on the slice planes only), and as thick slices with
+three long-axis views added (4-chamber, LVOT and 2-chamber cines, their expert contours filled on
+their own single-slice grids: ``fit_template(..., views=...)``, what a user who also segments the
+long-axis series gives). Scores per frame (ED 0, ES 9): distances both ways between our LV and RV cavities and the fitted LV
 and RV endocardia (mm), volumes (ml; the fitted surfaces closed over the valves), the ejection
 fractions, and the same volumes by the slice-summation (Simpson) rule on the label map, the
 clinical method on such a stack.
@@ -27,24 +30,42 @@ import sys
 import time
 
 import numpy as np
+import torch
 from skimage.draw import polygon as fill_polygon
 
-from bivme_study import FRAMES, STUDY, compare, closed_ml, fitted_meshes, guide_points, mesh_ml, short_axis_stack
+from bivme_study import (
+    FRAMES,
+    STUDY,
+    closed_ml,
+    compare,
+    fitted_meshes,
+    guide_points,
+    long_axis_slice,
+    mesh_ml,
+    short_axis_stack,
+)
+from cardiocore.geometry.volume import close_boundary
+from cardiocore.geometry.winding import inside_mesh
 from cardiocore.mrml.app import slicer_app
 from cardiocore.recon.fit import fit_template
 from cardiocore.recon.rules import resolve_rule_set
 from cardiocore.recon.template import load_template
 
-# Outline of each labelled region: the contour types that bound it, in order around it.
+# Outline of each labelled region: the contour types that bound it (after the view's prefix,
+# SAX_ or LAX_), in order around it.
 OUTLINES = {
-    "lv_cavity": ("SAX_LV_ENDOCARDIAL",),
-    "lv_epicardium": ("SAX_LV_EPICARDIAL", "SAX_RV_SEPTUM"),
-    "rv": ("SAX_RV_FREEWALL", "SAX_RV_SEPTUM"),
+    "lv_cavity": ("LV_ENDOCARDIAL",),
+    "lv_epicardium": ("LV_EPICARDIAL", "RV_SEPTUM"),
+    "rv": ("RV_FREEWALL", "RV_SEPTUM"),
 }
+# The long-axis views with both LV and RV contours or LV contours alone (4-chamber, LVOT,
+# 2-chamber); the RVOT view (11) has no LV contours though the LV may be in it, so it is left out.
+LONG_AXIS_SLICES = (7, 8, 9)
 GAP_FACTOR = 3.0
-# Fit as a volume (labels filling the slabs between slices) and as thick slices (labels on the
-# slice planes only, what ``fit_template`` does by default on such a stack).
-MODES = {"volume": False, "slices": None}  # a step longer than this many median steps splits a contour into pieces
+# Mode -> (thick_slices, with the long-axis views): fitted as a volume (labels filling the slabs
+# between slices), as thick slices (labels on the slice planes only, what ``fit_template`` does by
+# default on such a stack), and as thick slices with the long-axis views added.
+MODES = {"volume": (False, False), "slices": (None, False), "slices+LAX": (None, True)}  # a step longer than this many median steps splits a contour into pieces
 
 
 def contour_pieces(points: np.ndarray) -> list[np.ndarray]:
@@ -68,16 +89,18 @@ def closed_outline(pieces: list[np.ndarray]) -> np.ndarray:
     return outline
 
 
-def contour_label_map(frame: int, shape: tuple[int, int, int], ijk_to_ras: np.ndarray) -> np.ndarray:
-    """The frame's short-axis contours filled on the stack's grid: (I, J, K) uint8 in the default
-    rule set's coding (lv_cavity 1, lv_myocardium 2, rv 3)."""
+def contour_label_map(frame: int, shape: tuple[int, int, int], ijk_to_ras: np.ndarray,
+                      prefix: str = "SAX_", slice_ids: tuple[int, ...] | None = None) -> np.ndarray:
+    """The frame's contours of one view (``prefix`` SAX_ or LAX_; ``slice_ids``: which slices,
+    default all of the view) filled on its grid: (I, J, K) uint8 in the default rule set's coding
+    (lv_cavity 1, lv_myocardium 2, rv 3)."""
     labels = resolve_rule_set(None)
     value = {name: labels.structure(name).label for name in ("lv_cavity", "lv_myocardium", "rv")}
     ras_to_ijk = np.linalg.inv(ijk_to_ras)
     grouped: dict[tuple[str, int], list[np.ndarray]] = {}
     for kind, slice_id, point in guide_points(frame):
-        if kind.startswith("SAX_"):
-            grouped.setdefault((kind, slice_id), []).append(ras_to_ijk[:3, :3] @ point + ras_to_ijk[:3, 3])
+        if kind.startswith(prefix) and (slice_ids is None or slice_id in slice_ids):
+            grouped.setdefault((kind[len(prefix):], slice_id), []).append(ras_to_ijk[:3, :3] @ point + ras_to_ijk[:3, 3])
     out = np.zeros(shape, dtype=np.uint8)
     for slice_id in sorted({s for _, s in grouped}):
         filled = {}
@@ -104,6 +127,18 @@ def contour_label_map(frame: int, shape: tuple[int, int, int], ijk_to_ras: np.nd
     return out
 
 
+def reference_on_slices(labels: np.ndarray, ijk_to_ras: np.ndarray, value: int,
+                        reference: tuple[np.ndarray, np.ndarray]) -> float:
+    """Pixels inside the reference surface (closed over its valves) on the contoured slices, over
+    the pixels the contours fill there: how the reference agrees with the contours it was fitted to."""
+    verts, faces = close_boundary(torch.as_tensor(reference[0]), torch.as_tensor(reference[1]))
+    slices = [k for k in range(labels.shape[2]) if (labels[:, :, k] == value).any()]
+    ijk = np.argwhere(np.ones(labels.shape[:2] + (len(slices),), dtype=bool)).astype(np.float64)
+    ijk[:, 2] = np.asarray(slices, dtype=np.float64)[ijk[:, 2].astype(int)]
+    inside = inside_mesh(torch.as_tensor(ijk @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]), verts.double(), faces)
+    return float(inside.sum()) / float((labels[:, :, slices] == value).sum())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=150, help="fit steps (the default of cardio recon fit)")
@@ -126,10 +161,19 @@ def main() -> int:
         for name in ("lv_cavity", "rv"):
             volumes[("fitted", phase, name)] = closed_ml(*reference[name])
             volumes[("slice sum", phase, name)] = voxel_ml * int((labels == rules.structure(name).label).sum())
-            print(f"  slice summation {name:9s} {volumes[('slice sum', phase, name)]:6.1f} ml")
-        for mode, thick in MODES.items():
+            ratio = reference_on_slices(labels, ijk_to_ras, rules.structure(name).label, reference[name])
+            print(f"  slice summation {name:9s} {volumes[('slice sum', phase, name)]:6.1f} ml; on the contoured "
+                  f"slices the fitted surface holds {ratio:.2f}x the contours' pixels")
+        views = []
+        for slice_id in LONG_AXIS_SLICES:
+            view_image, view_matrix = long_axis_slice(slice_id, frame)
+            views.append((contour_label_map(frame, view_image.shape, view_matrix, "LAX_", (slice_id,)), view_matrix))
+        print(f"  long-axis views {LONG_AXIS_SLICES}: " + ", ".join(
+            f"{int((v > 0).sum())} labelled pixels" for v, _ in views))
+        for mode, (thick, with_views) in MODES.items():
             started = time.perf_counter()
-            result = fit_template(labels, ijk_to_ras, rules, template, steps=args.steps, thick_slices=thick)
+            result = fit_template(labels, ijk_to_ras, rules, template, steps=args.steps, thick_slices=thick,
+                                  views=views if with_views else ())
             seconds = time.perf_counter() - started
             meshes = dict(zip(result.names, result.meshes(), strict=True))
             print(f"  {mode}: fit of {', '.join(result.names)} in {seconds:.1f} s (slice axis {result.slice_axis}); "
@@ -147,7 +191,7 @@ def main() -> int:
         for name in ("lv_cavity", "rv"):
             edv, esv = volumes[(source, "ED", name)], volumes[(source, "ES", name)]
             figures.append(f"{name} EDV {edv:6.1f} ml ESV {esv:6.1f} ml EF {100 * (edv - esv) / edv:5.1f} %")
-        print(f"  {source:9s} " + "; ".join(figures))
+        print(f"  {source:10s} " + "; ".join(figures))
     return 0
 
 
