@@ -21,7 +21,7 @@ installed; the widget installs them on first use, after asking.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -67,7 +67,9 @@ class CardioReconstruct(ScriptedLoadableModule):
             "Reconstruct multi-chamber heart meshes (LV cavity, LV myocardium, RV, LA, RA, aorta, pulmonary "
             "artery). Fit mode: from a segmentation made with the Segment Editor or TotalSegmentator, or from a "
             "labelmap, a multi-chamber template is deformed to the segments; a relational loss (MIE) keeps the "
-            "chambers from passing through each other. Predict mode: from a CT or MR image, a trained network "
+            "chambers from passing through each other. A cine short-axis stack (thick, widely spaced slices) is "
+            "fitted on its slices; segmentations of its long-axis views, selected as Long-axis segmentations, are "
+            "fitted with it and pin the base and apex. Predict mode: from a CT or MR image, a trained network "
             "(the bundled model, or a model file made with 'cardio recon train') predicts the meshes in seconds "
             "(the bundled network was trained on few label maps: check its meshes); its 192 mm field of view is "
             "centred on the image, or on the first point of the Heart centre point list when one is chosen; "
@@ -119,7 +121,8 @@ class CardioReconstructWidget(ScriptedLoadableModuleWidget):
         """Show the chosen mode's settings; in Predict mode say whether the model is there, and
         keep Apply disabled while it is not."""
         predict = self._predictMode()
-        for widget in (self.ui.iterationsLabel, self.ui.iterationsSpinBox, self.ui.useMieCheckBox):
+        for widget in (self.ui.iterationsLabel, self.ui.iterationsSpinBox, self.ui.useMieCheckBox,
+                       self.ui.viewSegmentationsLabel, self.ui.viewSegmentationsSelector):
             widget.visible = not predict
         for widget in (self.ui.modelLabel, self.ui.modelPathLineEdit, self.ui.modelStatusLabel,
                        self.ui.heartCentreLabel, self.ui.heartCentreSelector, self.ui.refinePredictionCheckBox):
@@ -218,9 +221,11 @@ class CardioReconstructWidget(ScriptedLoadableModuleWidget):
                                                     refine_steps=refine_steps,
                                                     **common)
                     else:
+                        views = [node for node in self.ui.viewSegmentationsSelector.checkedNodes()
+                                 if node is not parameters.inputSegmentation]
                         result = self.logic.reconstruct(parameters.inputSegmentation, parameters.inputVolume,
                                                         steps=parameters.iterations, use_mie=parameters.useMie,
-                                                        **common)
+                                                        view_segmentations=views, **common)
                 except ReconstructionCancelled:
                     self.ui.statusLabel.text = "Cancelled: nothing was added to the scene."
                     return
@@ -258,22 +263,29 @@ class CardioReconstructLogic(ScriptedLoadableModuleLogic):
         device: str = "auto",
         progress: Callable[[float, str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        view_segmentations: Sequence[Any] = (),
         **fit_options: Any,
     ) -> Any:
         """Fit the template to ``seg_node`` (on ``volume_node``'s grid when given), or to
         ``volume_node`` when it is a labelmap and no segmentation is given; returns ``ReconNodes``.
-        ``fit_options``: further keyword arguments of ``reconstruct_from_segmentation`` (seed,
-        weights, vr_points, svr_points).
+        ``view_segmentations``: segmentations of other views of the heart (long-axis slices),
+        fitted with ``seg_node``. ``fit_options``: further keyword arguments of
+        ``reconstruct_from_segmentation`` (seed, weights, vr_points, svr_points).
 
         Raises:
-            CardioInputError: no input, or only an image (that is Predict mode: :meth:`predict`).
+            CardioInputError: no input, only an image (that is Predict mode: :meth:`predict`), or
+                long-axis segmentations without the main segmentation.
         """
         from cardiocore.mrml.recon import reconstruct_from_labelmap, reconstruct_from_segmentation
 
         options = {"steps": steps, "use_mie": use_mie, "device": device, "progress": progress,
                    "should_stop": should_stop, **fit_options}
         if seg_node is not None:
-            return reconstruct_from_segmentation(seg_node, mapping=mapping, reference_volume=volume_node, **options)
+            return reconstruct_from_segmentation(seg_node, mapping=mapping, reference_volume=volume_node,
+                                                 view_segmentations=view_segmentations, **options)
+        if view_segmentations:
+            raise CardioInputError("long-axis segmentations", "are fitted together with a main segmentation",
+                                   "select the short-axis (or main) segmentation as Segmentation")
         if volume_node is not None and volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
             return reconstruct_from_labelmap(volume_node, **options)
         if volume_node is not None:

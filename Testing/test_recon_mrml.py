@@ -110,9 +110,21 @@ def test_cli_fit_on_a_thick_slice_stack_fits_the_slice_planes(app, tmp_path, cap
 
     names = MODULE.EDITOR_NAMES[:3]
     masks = {name: labels == label for label, name in enumerate(names, start=1)}
-    nodes = reconstruct_from_segmentation(arrays_to_segmentation(masks, phantom.ijk_to_ras, name="stack"),
-                                          steps=10, device="cpu")
+    segmentation = arrays_to_segmentation(masks, phantom.ijk_to_ras, name="stack")
+    nodes = reconstruct_from_segmentation(segmentation, steps=10, device="cpu")
     assert nodes.metrics["thick_slice_axis"] == 2 and set(nodes.model_nodes) == {"lv_cavity", "lv_myocardium", "rv"}
+    assert nodes.metrics["views"] == 0
+    # ... with the long-axis slice segmented too, through the module's logic (what Apply does).
+    view_masks = {name: view.labels == label for label, name in enumerate(names, start=1)}
+    view_segmentation = arrays_to_segmentation(view_masks, view.ijk_to_ras, name="long axis")
+    before = MODULE._snapshot(view_segmentation)
+    logic = MODULE.CardioReconstructLogic()
+    nodes = logic.reconstruct(segmentation, None, steps=10, device="cpu", view_segmentations=[view_segmentation])
+    assert nodes.metrics["views"] == 1 and nodes.metrics["thick_slice_axis"] == 2
+    after = MODULE._snapshot(view_segmentation)
+    assert before[:2] == after[:2] and all(np.array_equal(a, b) for a, b in zip(before[2], after[2], strict=True))
+    with pytest.raises(CardioInputError, match="long-axis segmentations: are fitted together with a main segmentation"):
+        logic.reconstruct(None, None, view_segmentations=[view_segmentation])
 
 
 def test_cancel_and_bad_input_add_nothing(app) -> None:

@@ -243,6 +243,7 @@ def reconstruct_from_segmentation(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     folder_name: str | None = None,
+    view_segmentations: Sequence[Any] = (),
 ) -> ReconNodes:
     """Multi-chamber meshes fitted to a segmentation, added to the scene as new nodes.
 
@@ -262,6 +263,9 @@ def reconstruct_from_segmentation(
         device: "auto" (CUDA when available), "cpu", "cuda", ...
         progress: ``progress(fraction, message)``; should_stop: polled during the fit.
         folder_name: subject-hierarchy folder name (default "CardioReconstruct <input name>").
+        view_segmentations: segmentations of other views of the same heart on their own grids
+            (the long-axis cines next to a short-axis stack; ``fit_template``'s ``views``), their
+            segments mapped by name (:func:`guess_mapping`); never modified.
 
     Raises:
         CardioInputError: not a segmentation, an empty mapping, unknown segments or structures,
@@ -270,14 +274,18 @@ def reconstruct_from_segmentation(
     """
     rule_set = resolve_rule_set(rules)
     _segmentation_of(seg_node)
+    for view in view_segmentations:
+        _segmentation_of(view)
     _report(progress, 0.0, "reading the segmentation")
     labels, ijk_to_ras, sources, named_mapping = _segmentation_labels(seg_node, mapping, rule_set, reference_volume)
+    views = [_segmentation_labels(view, None, rule_set, None)[:2] for view in view_segmentations]
     return _reconstruct_to_scene(
         labels, ijk_to_ras, rule_set.subset(sources), sources,
         options=FitOptions(steps, weights, use_mie, seed, vr_points, svr_points), template=template,
         device=device, progress=progress, should_stop=should_stop,
         folder_name=folder_name or f"CardioReconstruct {seg_node.GetName()}",
         extra={"mapping": named_mapping, "unmapped": [n for n in rule_set.names if n not in sources]},
+        views=views,
     )
 
 
