@@ -121,6 +121,7 @@ def test_cli_fit_on_a_thick_slice_stack_fits_the_slice_planes(app, tmp_path, cap
     logic = MODULE.CardioReconstructLogic()
     nodes = logic.reconstruct(segmentation, None, steps=10, device="cpu", view_segmentations=[view_segmentation])
     assert nodes.metrics["views"] == 1 and nodes.metrics["thick_slice_axis"] == 2
+    assert "thick slices: fitted on the slice planes, with 1 more view(s)" in summary_text(nodes.metrics)
     after = MODULE._snapshot(view_segmentation)
     assert before[:2] == after[:2] and all(np.array_equal(a, b) for a, b in zip(before[2], after[2], strict=True))
     with pytest.raises(CardioInputError, match="long-axis segmentations: are fitted together with a main segmentation"):

@@ -992,7 +992,8 @@ def recon_demo_part(
 
 def summary_text(metrics: Mapping[str, Any]) -> str:
     """A few lines for a status display: per structure Dice (when measured) and volume, the worst
-    rule, the mesh checks, missing structures, Predict-mode warnings and the time taken."""
+    rule, the mesh checks, missing structures, Predict-mode warnings, whether thick slices were
+    fitted on their planes, and the time taken."""
     summary = metrics["summary"]
     lines = [
         (f"{name}: Dice {m['dice']:.3f}, " if m["dice"] is not None else f"{name}: ") + f"{m['volume_ml']:.1f} ml"
@@ -1005,6 +1006,9 @@ def summary_text(metrics: Mapping[str, Any]) -> str:
     if absent:
         lines.append(f"not reconstructed (no segment, no voxels or not predicted): {', '.join(absent)}")
     lines += [f"warning: {warning}" for warning in metrics.get("warnings", [])]
+    if metrics.get("thick_slice_axis") is not None:
+        lines.append("thick slices: fitted on the slice planes"
+                     + (f", with {metrics['views']} more view(s)" if metrics.get("views") else ""))
     how = f"{metrics['steps']} steps" if metrics["mode"] == "fit" else f"predicted by {metrics['model']}"
     lines.append(f"{how} on {metrics['device']}, {metrics['seconds']['total']:.1f} s")
     return "\n".join(lines)
