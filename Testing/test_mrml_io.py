@@ -109,6 +109,22 @@ def test_oblique_anisotropic_volume_round_trips(tmp_path, extension):
     np.testing.assert_allclose(ijk_to_ras, oblique_ijk_to_ras(about_r_deg=10.0), atol=1e-5)
 
 
+
+@pytest.mark.parametrize("extension", [".nrrd", ".nii.gz"])
+def test_single_slice_files_with_numbered_names_are_read_alone(tmp_path, extension):
+    """Two one-slice files named like a series (long-axis views lax7, lax8): each reads as its
+    own (I, J, 1) volume; Slicer's archetype reader would take them as one 2-slice series."""
+    slices = {}
+    for number in (7, 8):
+        labels = np.zeros((9, 8, 1), dtype=np.int16)
+        labels[1 : number - 3, 2:5, 0] = number
+        slices[number] = labels
+        write_node(array_to_volume(labels, oblique_ijk_to_ras(about_r_deg=10.0), f"lax{number}", labelmap=True),
+                   tmp_path / f"lax{number}{extension}")
+    for number, labels in slices.items():
+        array, _ = volume_to_array(read_node(tmp_path / f"lax{number}{extension}", kind="labelmap"))
+        np.testing.assert_array_equal(array, labels)
+
 def test_labelmap_and_segmentation_files(tmp_path):
     labels = np.zeros((6, 5, 4), dtype=np.int16)
     labels[1:3, 1:4, 1:3] = 1

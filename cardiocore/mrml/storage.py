@@ -122,6 +122,10 @@ def read_node(
     node = slicer_app().new_node(node_kind.node_class, name or file_path.name[: -len(extension)])
     storage = scene.AddNewNodeByClass(node_kind.storage_class)
     storage.SetFileName(str(file_path))
+    if storage.IsA("vtkMRMLVolumeArchetypeStorageNode"):
+        # The file named, never a series guessed from its neighbours' names: two single-slice
+        # files such as lax7.nii.gz and lax8.nii.gz would otherwise be read as one 2-slice series.
+        storage.SetSingleFile(True)
     if coordinates is not None:
         storage.SetCoordinateSystem(coordinates)
     node.SetAndObserveStorageNodeID(storage.GetID())
