@@ -70,6 +70,8 @@ MODES = {"volume": (False, False), "slices": (None, False), "slices+LAX": (None,
 
 def contour_pieces(points: np.ndarray) -> list[np.ndarray]:
     """An ordered contour (N, 2) split wherever consecutive points are unusually far apart."""
+    if len(points) < 3:
+        return [points]
     steps = np.linalg.norm(np.diff(points, axis=0), axis=1)
     cuts = np.flatnonzero(steps > GAP_FACTOR * np.median(steps)) + 1
     return [piece for piece in np.split(points, cuts) if len(piece) > 0]
