@@ -243,12 +243,12 @@ class _FaceBounds(NamedTuple):
         return lower_sq <= point[:, 3] + _PRUNE_SLACK * centre_sq
 
 
-
 def _query_workers(n_points: int) -> int:
-    """Threads for a KD-tree query of ``n_points`` points: all cores (-1) for large queries, one
-    below :data:`_PARALLEL_QUERY_POINTS`, where starting the threads costs more than they save
-    (the resolution step's thousands of small queries spent ~0.2 s starting threads)."""
+    """Threads for the KD-tree queries of a call over ``n_points`` points: all cores (-1) for
+    large calls, one below :data:`_PARALLEL_QUERY_POINTS`, where starting the threads costs more
+    than they save (the resolution step's thousands of small queries spent ~0.2 s starting them)."""
     return -1 if n_points >= _PARALLEL_QUERY_POINTS else 1
+
 
 def _nearest_faces_kdtree(
     points: torch.Tensor, corners: torch.Tensor, max_pairs: int
