@@ -545,6 +545,42 @@ def scenario_fit_label_file(test: ScriptedLoadableModuleTest, workdir: str | Pat
     return metrics
 
 
+
+def scenario_long_axis_segmentations(test: ScriptedLoadableModuleTest) -> None:
+    """A cine-like study segmented in the Segment Editor: the phantom's LV and RV on 12 mm
+    short-axis slices of 2.5 mm pixels, and one long-axis slice through the heart's centre on its
+    own grid, same segment names. The logic fits the stack on its slice planes, with the
+    long-axis segmentation (left unmodified), says so in the summary, and refuses long-axis
+    segmentations without a main segmentation."""
+    import numpy as np
+
+    from cardiocore.mrml.recon import summary_text
+    from cardiocore.mrml.segmentations import arrays_to_segmentation
+    from cardiocore.phantoms.heart import heart_label_phantom
+
+    names = EDITOR_NAMES[:3]
+    stack = heart_label_phantom(shape=(56, 56, 10), spacing=(2.5, 2.5, 12.0), seed=2)
+    view = heart_label_phantom(shape=(56, 1, 56), spacing=(2.5, 6.0, 2.5), seed=2)
+    segmentation = arrays_to_segmentation({n: stack.labels == k for k, n in enumerate(names, start=1)},
+                                          stack.ijk_to_ras, name="short axis")
+    long_axis = arrays_to_segmentation({n: view.labels == k for k, n in enumerate(names, start=1)},
+                                       view.ijk_to_ras, name="long axis")
+    logic = CardioReconstructLogic()
+    alone = logic.reconstruct(segmentation, None, steps=10, device="cpu", **TEST_QUALITY_POINTS)
+    test.assertEqual((alone.metrics["thick_slice_axis"], alone.metrics["views"]), (2, 0))
+    test.assertEqual(set(alone.model_nodes), {"lv_cavity", "lv_myocardium", "rv"})
+    before = _snapshot(long_axis)
+    both = logic.reconstruct(segmentation, None, steps=10, device="cpu", view_segmentations=[long_axis],
+                             **TEST_QUALITY_POINTS)
+    test.assertEqual((both.metrics["thick_slice_axis"], both.metrics["views"]), (2, 1))
+    test.assertIn("thick slices: fitted on the slice planes, with 1 more view(s)", summary_text(both.metrics))
+    after = _snapshot(long_axis)
+    test.assertEqual(before[:2], after[:2])
+    test.assertTrue(all(np.array_equal(a, b) for a, b in zip(before[2], after[2], strict=True)))
+    with test.assertRaises(CardioInputError) as raised:
+        logic.reconstruct(None, None, view_segmentations=[long_axis])
+    test.assertIn("long-axis segmentations: are fitted together with a main segmentation", str(raised.exception))
+
 def tiny_predictor(template: Any = None, seed: int = 0) -> Any:
     """An untrained ``MeshPredictor`` of :data:`TINY_PREDICT_SPEC` over ``template`` (default the
     bundled one), seeded, in eval mode."""
@@ -640,6 +676,7 @@ class CardioReconstructTest(ScriptedLoadableModuleTest):
         scenario_guess_mapping(self)
         scenario_reconstruct(self)
         scenario_predict(self)
+        scenario_long_axis_segmentations(self)
         with tempfile.TemporaryDirectory() as workdir:
             scenario_fit_label_file(self, workdir)
         self.delayDisplay("CardioReconstruct scenarios passed")

@@ -76,9 +76,8 @@ def test_fit_label_file_mmwhs(app, tmp_path) -> None:
 def test_cli_fit_on_a_thick_slice_stack_fits_the_slice_planes(app, tmp_path, capsys) -> None:
     """A short-axis-like label file (LV and RV of the phantom on 12 mm slices of 2.5 mm pixels):
     ``cardio recon fit`` fits it on the slice planes, says so, and records the axis, also with a
-    single-slice long-axis view (``--views``; one without any structure is refused, naming it),
-    and so does the module's logic on the same stack as a segmentation node; a volume label map
-    of the same heart records none (scenario_fit_label_file)."""
+    single-slice long-axis view (``--views``; one without any structure is refused, naming it); a
+    volume label map of the same heart records none (scenario_fit_label_file)."""
     from cardiocore.phantoms.heart import heart_label_phantom
 
     phantom = heart_label_phantom(shape=(56, 56, 10), spacing=(2.5, 2.5, 12.0), seed=2)
@@ -105,28 +104,10 @@ def test_cli_fit_on_a_thick_slice_stack_fits_the_slice_planes(app, tmp_path, cap
     assert cardio([*argv, "--overwrite"]) == 2
     assert "view 1: shows none of the fitted structures" in capsys.readouterr().err
 
-    # The same stack segmented in the Segment Editor: the segmentation keeps the slices' geometry.
-    from cardiocore.mrml.segmentations import arrays_to_segmentation
 
-    names = MODULE.EDITOR_NAMES[:3]
-    masks = {name: labels == label for label, name in enumerate(names, start=1)}
-    segmentation = arrays_to_segmentation(masks, phantom.ijk_to_ras, name="stack")
-    nodes = reconstruct_from_segmentation(segmentation, steps=10, device="cpu")
-    assert nodes.metrics["thick_slice_axis"] == 2 and set(nodes.model_nodes) == {"lv_cavity", "lv_myocardium", "rv"}
-    assert nodes.metrics["views"] == 0
-    # ... with the long-axis slice segmented too, through the module's logic (what Apply does).
-    view_masks = {name: view.labels == label for label, name in enumerate(names, start=1)}
-    view_segmentation = arrays_to_segmentation(view_masks, view.ijk_to_ras, name="long axis")
-    before = MODULE._snapshot(view_segmentation)
-    logic = MODULE.CardioReconstructLogic()
-    nodes = logic.reconstruct(segmentation, None, steps=10, device="cpu", view_segmentations=[view_segmentation])
-    assert nodes.metrics["views"] == 1 and nodes.metrics["thick_slice_axis"] == 2
-    assert "thick slices: fitted on the slice planes, with 1 more view(s)" in summary_text(nodes.metrics)
-    after = MODULE._snapshot(view_segmentation)
-    assert before[:2] == after[:2] and all(np.array_equal(a, b) for a, b in zip(before[2], after[2], strict=True))
-    with pytest.raises(CardioInputError, match="long-axis segmentations: are fitted together with a main segmentation"):
-        logic.reconstruct(None, None, view_segmentations=[view_segmentation])
 
+def test_long_axis_segmentations_through_the_module_logic(app) -> None:
+    MODULE.scenario_long_axis_segmentations(_Checks())
 
 def test_cancel_and_bad_input_add_nothing(app) -> None:
     node, _ = MODULE.phantom_segmentation()
