@@ -228,6 +228,14 @@ def thick_slice_axis(ijk_to_ras: np.ndarray, shape: tuple[int, ...] | None = Non
     return None
 
 
+def _checked_label_map(labels: np.ndarray, ijk_to_ras: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A label map as a 3-D array and its checked (4, 4) IJK-to-RAS matrix; ``what`` names it in errors."""
+    array = np.asarray(labels)
+    if array.ndim != 3:
+        raise VolumeError(what, f"must be a 3-D (I, J, K) label map, got shape {array.shape}")
+    return array, checked_matrix(ijk_to_ras)
+
+
 def _prepare_target(
     labels: np.ndarray, ijk_to_ras: np.ndarray, values: list[int], spacing_mm: float,
     n_surface: int, device: torch.device, generator: torch.Generator, slice_axis: int | None,
@@ -253,10 +261,8 @@ def _prepare_target(
         structure = structure & (np.arange(3) == 1).reshape([3 if a == slice_axis else 1 for a in range(3)])
     for s in range(len(values)):
         mask = index == s
-        band = (ndimage.binary_dilation(mask, structure, iterations=2)
-                & ~ndimage.binary_erosion(mask, structure, iterations=2))
-        target.band.append(torch.as_tensor(np.argwhere(band), dtype=torch.float32, device=device))
         if not mask.any():
+            target.band.append(torch.zeros(0, 3, dtype=torch.float32, device=device))
             target.surface.append(None)
             target.low.append(None)
             target.high.append(None)
@@ -264,6 +270,9 @@ def _prepare_target(
             target.centroids.append(None)
             target.second_moments.append(None)
             continue
+        band = (ndimage.binary_dilation(mask, structure, iterations=2)
+                & ~ndimage.binary_erosion(mask, structure, iterations=2))
+        target.band.append(torch.as_tensor(np.argwhere(band), dtype=torch.float32, device=device))
         if slice_axis is None:
             verts, _ = surface_from_mask(mask, matrix)
         else:
@@ -474,10 +483,7 @@ def fit_template(
     if not (use_mie or use_occupancy or use_surface):
         raise CardioInputError("loss terms", "MIE, occupancy and surface are all switched off",
                                "keep at least one data term")
-    array = np.asarray(labels)
-    if array.ndim != 3:
-        raise VolumeError("labels", f"must be a 3-D (I, J, K) label map, got shape {array.shape}")
-    matrix = checked_matrix(ijk_to_ras)
+    array, matrix = _checked_label_map(labels, ijk_to_ras, "labels")
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
 
@@ -500,10 +506,8 @@ def fit_template(
     values = [rules.structure(n).label for n in names]
     target = _prepare_target(array, matrix, values, spacing_mm, 3000, device, generator, slice_axis)
     view_targets = []
-    for v, (view_labels, view_matrix) in enumerate(views, start=1):
-        view_array, view_matrix = np.asarray(view_labels), checked_matrix(view_matrix)
-        if view_array.ndim != 3:
-            raise VolumeError(f"view {v}", f"must be a 3-D (I, J, K) label map, got shape {view_array.shape}")
+    for v, (view_labels, view_ijk_to_ras) in enumerate(views, start=1):
+        view_array, view_matrix = _checked_label_map(view_labels, view_ijk_to_ras, f"view {v}")
         if not np.isin(view_array, values).any():
             raise CardioInputError(f"view {v}", f"shows none of the fitted structures ({', '.join(names)})",
                                    "code it like the main label map, or leave it out")

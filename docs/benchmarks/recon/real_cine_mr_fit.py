@@ -129,6 +129,16 @@ def contour_label_map(frame: int, shape: tuple[int, int, int], ijk_to_ras: np.nd
     return out
 
 
+def long_axis_label_maps(frame: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The frame's long-axis contours (:data:`LONG_AXIS_SLICES`), each filled on its own
+    single-slice grid: (labels (I, J, 1), IJK-to-RAS (4, 4)) per view, ``fit_template``'s ``views``."""
+    views = []
+    for slice_id in LONG_AXIS_SLICES:
+        image, ijk_to_ras = long_axis_slice(slice_id, frame)
+        views.append((contour_label_map(frame, image.shape, ijk_to_ras, "LAX_", (slice_id,)), ijk_to_ras))
+    return views
+
+
 def reference_on_slices(labels: np.ndarray, ijk_to_ras: np.ndarray, value: int,
                         reference: tuple[np.ndarray, np.ndarray]) -> float:
     """Pixels inside the reference surface (closed over its valves) on the contoured slices, over
@@ -167,10 +177,7 @@ def main() -> int:
             ratio = reference_on_slices(labels, ijk_to_ras, rules.structure(name).label, reference[name])
             print(f"  slice summation {name:9s} {volumes[('slice sum', phase, name)]:6.1f} ml; on the contoured "
                   f"slices the fitted surface holds {ratio:.2f}x the contours' pixels")
-        views = []
-        for slice_id in LONG_AXIS_SLICES:
-            view_image, view_matrix = long_axis_slice(slice_id, frame)
-            views.append((contour_label_map(frame, view_image.shape, view_matrix, "LAX_", (slice_id,)), view_matrix))
+        views = long_axis_label_maps(frame)
         print(f"  long-axis views {LONG_AXIS_SLICES}: " + ", ".join(
             f"{int((v > 0).sum())} labelled pixels" for v, _ in views))
         for mode, (thick, with_views) in MODES.items():
