@@ -99,7 +99,11 @@ def _half_edges(faces: torch.Tensor) -> torch.Tensor:
 def mesh_edges(faces: ArrayLike) -> torch.Tensor:
     """Unique undirected edges (E, 2) int64 with ``i < j``, sorted lexicographically."""
     sorted_edges = _half_edges(_as_faces(faces)).sort(dim=1).values
-    return torch.unique(sorted_edges, dim=0)
+    # One int64 key per edge orders them as the (i, j) rows would, and a 1-D unique is ~20x
+    # faster than torch.unique(dim=0).
+    n = int(sorted_edges.max()) + 1
+    keys = torch.unique(sorted_edges[:, 0] * n + sorted_edges[:, 1])
+    return torch.stack([keys // n, keys % n], dim=1)
 
 
 def edge_index(faces: ArrayLike) -> torch.Tensor:
@@ -214,11 +218,12 @@ def is_closed_and_oriented(faces: ArrayLike) -> bool:
     """True when every directed edge u->v is matched by as many v->u (the faces' boundary chain is
     zero): a closed, consistently oriented surface, where a ray's signed face crossings count the
     winding number exactly."""
-    half = _half_edges(_as_faces(faces))
-    n = int(half.max()) + 1 if half.numel() else 1
-    forward = torch.sort(half[:, 0] * n + half[:, 1]).values
-    backward = torch.sort(half[:, 1] * n + half[:, 0]).values
-    return bool(torch.equal(forward, backward))
+    half = _half_edges(_as_faces(faces)).cpu().numpy()
+    n = int(half.max()) + 1 if half.size else 1
+    # numpy's sort of a few thousand keys is ~6x faster than torch's here (called per rule check).
+    forward = np.sort(half[:, 0] * n + half[:, 1])
+    backward = np.sort(half[:, 1] * n + half[:, 0])
+    return bool(np.array_equal(forward, backward))
 
 
 def region_faces(faces: ArrayLike, index: ArrayLike, n_vertices: int) -> torch.Tensor:
