@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cardiocore.errors import MeshError
+from cardiocore.geometry import intersection
 from cardiocore.geometry.intersection import (
     count_self_intersections,
     mesh_intersections,
@@ -97,6 +98,42 @@ def test_search_among_some_faces_returns_exactly_their_pairs() -> None:
     assert torch.equal(self_intersecting_faces(verts, faces, among=chosen), expected)
     assert torch.equal(self_intersecting_faces(verts, faces, among=chosen.nonzero().flatten()), expected)
     assert self_intersecting_faces(verts, faces, among=torch.zeros_like(chosen)).shape == (0, 2)
+
+
+def _all_pairs_tested(corners_a: np.ndarray, corners_b: np.ndarray, same: bool) -> set[tuple[int, int]]:
+    """Reference without a broad phase: every pair through the exact test (faces share no vertex)."""
+    first, second = np.meshgrid(np.arange(len(corners_a)), np.arange(len(corners_b)), indexing="ij")
+    pairs = np.stack([first.ravel(), second.ravel()], axis=1)
+    if same:
+        pairs = pairs[pairs[:, 0] < pairs[:, 1]]
+    tolerance = intersection._tolerance(corners_a, corners_b)
+    hits = intersection._test_pairs(corners_a, corners_b, pairs, np.zeros(len(pairs), dtype=np.int64), tolerance)
+    return {tuple(map(int, pair)) for pair in hits}
+
+
+def test_broad_phase_keeps_every_pair_among_triangles_of_very_different_sizes() -> None:
+    """The broad phase groups faces by size; triangles from 0.05 to 40 mm across, scattered in a
+    box, must give exactly the pairs that testing every pair gives (one soup and two soups)."""
+    rng = np.random.default_rng(3)
+
+    def soup(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        centres = rng.uniform(-30.0, 30.0, (n, 1, 3))
+        sizes = 10.0 ** rng.uniform(-1.3, 1.6, (n, 1, 1))
+        corners = centres + sizes * rng.normal(size=(n, 3, 3))
+        return torch.from_numpy(corners.reshape(-1, 3)), torch.arange(3 * n).reshape(n, 3)
+
+    verts, faces = soup(300)
+    corners = verts.numpy()[faces.numpy()]
+    expected = _all_pairs_tested(corners, corners, same=True)
+    assert len(expected) > 100
+    assert {tuple(p) for p in self_intersecting_faces(verts, faces).tolist()} == expected
+    chosen = torch.from_numpy(rng.random(300) < 0.2)
+    found = {tuple(p) for p in self_intersecting_faces(verts, faces, among=chosen).tolist()}
+    assert found == {p for p in expected if chosen[p[0]] or chosen[p[1]]}
+    other_verts, other_faces = soup(200)
+    expected = _all_pairs_tested(corners, other_verts.numpy()[other_faces.numpy()], same=False)
+    assert len(expected) > 100
+    assert {tuple(p) for p in mesh_intersections(verts, faces, other_verts, other_faces).tolist()} == expected
 
 
 def _pair(a: list[list[float]], b: list[list[float]], shared: int) -> int:
