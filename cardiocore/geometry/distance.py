@@ -18,6 +18,7 @@ from scipy.spatial import cKDTree
 
 from cardiocore.errors import CardioInputError
 from cardiocore.geometry.mesh import ArrayLike, as_mesh
+from cardiocore.geometry.size_groups import octave_groups
 
 Components = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -217,13 +218,7 @@ class _FaceBounds(NamedTuple):
 
     def size_groups(self) -> list[np.ndarray]:
         """Face indices grouped by octave of radius, so that radii in a group differ < 2x."""
-        radius = self.radius.numpy()
-        largest = radius.max()
-        if largest == 0:
-            return [np.arange(radius.shape[0])]
-        with np.errstate(divide="ignore"):
-            octave = np.clip(np.floor(-np.log2(radius / largest)), 0, _SIZE_OCTAVES)
-        return [np.flatnonzero(octave == k) for k in np.unique(octave)]
+        return octave_groups(self.radius.numpy(), _SIZE_OCTAVES + 1)
 
     def may_be_nearer(
         self, points_and_bound_sq: torch.Tensor, pair_point: torch.Tensor, pair_face: torch.Tensor

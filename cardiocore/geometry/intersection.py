@@ -34,6 +34,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from cardiocore.geometry.mesh import ArrayLike, as_mesh
+from cardiocore.geometry.size_groups import octave_groups
 
 RELATIVE_TOLERANCE = 1e-6
 """Overlap tolerance as a fraction of the bounding-box diagonal of the mesh(es)."""
@@ -42,8 +43,8 @@ RELATIVE_SNAP = 1e-10
 """Corners closer than this fraction of the diagonal to a plane lie on it (float64 round-off
 only: a larger snap makes the two cuts of nearly coplanar neighbours inconsistent)."""
 
-_RADIUS_OCTAVES = np.array([1.0, 2.0, 4.0])
-"""Group bounds of the broad phase, in medians of the bounding-sphere radii."""
+_SIZE_OCTAVES = 4
+"""Size groups of the broad phase: octaves below the largest radius, the last holding the rest."""
 
 _PAIR_CHUNK = 200_000
 """Candidate pairs tested at once in the narrow phase (bounds its memory to ~100 MB)."""
@@ -64,14 +65,6 @@ def _bounding_spheres(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centroids, radii
 
 
-def _radius_groups(radii: np.ndarray, indices: np.ndarray, bounds: np.ndarray) -> list[tuple[np.ndarray, float]]:
-    """``indices`` split by their ``radii`` at ``bounds`` (ascending): per non-empty group, its
-    indices and largest radius."""
-    group = np.searchsorted(bounds, radii[indices])
-    return [(members, float(radii[members].max())) for g in range(len(bounds) + 1)
-            if (members := indices[group == g]).size]
-
-
 def _candidate_pairs(
     corners_a: np.ndarray, corners_b: np.ndarray, same: bool, tolerance: float, among: np.ndarray | None = None
 ) -> np.ndarray:
@@ -80,21 +73,21 @@ def _candidate_pairs(
     With ``same`` (A is B) each unordered pair appears once with ``i < j``. ``among`` (M,)
     indices into A: only pairs with at least one of these faces (default: all pairs).
 
-    The faces are grouped by radius in octaves of the median (a few stretched triangles would
-    otherwise set the reach of every query: ~25x more centre pairs than the spheres allow on a
-    2,000-face mesh); two groups are searched within the sum of their largest radii.
+    The faces are grouped by size (:func:`cardiocore.geometry.size_groups.octave_groups`: a few
+    stretched triangles would otherwise set the reach of every query, ~25x more centre pairs
+    than the spheres allow on a 2,000-face mesh); two groups are searched within the sum of
+    their largest radii.
     """
     centres_a, radii_a = _bounding_spheres(corners_a)
     centres_b, radii_b = (centres_a, radii_a) if same else _bounding_spheres(corners_b)
     rows = np.arange(len(centres_a)) if among is None else np.unique(np.asarray(among, dtype=np.int64))
     if rows.size == 0 or len(centres_b) == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    bounds = np.median(radii_b) * _RADIUS_OCTAVES
-    groups_b = [(members, largest, cKDTree(centres_b[members]))
-                for members, largest in _radius_groups(radii_b, np.arange(len(centres_b)), bounds)]
+    groups_b = [(members, radii_b[members].max(), cKDTree(centres_b[members]))
+                for members in octave_groups(radii_b, _SIZE_OCTAVES)]
     first, second, gap = [], [], []
-    for members_a, largest_a in _radius_groups(radii_a, rows, bounds):
-        tree_a = cKDTree(centres_a[members_a])
+    for members_a in (rows[group] for group in octave_groups(radii_a[rows], _SIZE_OCTAVES)):
+        tree_a, largest_a = cKDTree(centres_a[members_a]), radii_a[members_a].max()
         for members_b, largest_b, tree_b in groups_b:
             found = tree_a.sparse_distance_matrix(tree_b, largest_a + largest_b + tolerance, output_type="ndarray")
             first.append(members_a[found["i"]])
