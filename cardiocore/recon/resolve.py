@@ -12,7 +12,8 @@ works on the finished meshes, and moves only the vertices that are wrong:
    the solid-angle sum otherwise), the nearest point the exact point-to-mesh
    projection (:func:`cardiocore.geometry.distance.closest_points_on_mesh`).
 2. **Untangling** of each mesh (:func:`cardiocore.geometry.untangle.untangle`): the
-   neighbourhoods of self-intersections are relaxed until none is left.
+   neighbourhoods of self-intersections are relaxed until none is left; the meshes at once, in
+   threads (as many as ``torch.get_num_threads()``).
 
 On the MM-WHS label maps it brings the worst rule's volume violation rate from about 0.7 % to
 about 0.1 % and the self-intersections to zero, for a Dice change below 0.01 (see the README).
@@ -21,6 +22,7 @@ about 0.1 % and the self-intersections to zero, for a Dice change below 0.01 (se
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -104,7 +106,10 @@ def resolve_meshes(
         moved_per_round.append(moved)
         if moved == 0:
             break
-    left = {}
-    for s, name in enumerate(names):
-        verts[s], left[name] = untangle(verts[s], faces[s])
+    # The meshes untangle independently: in threads (numpy, SciPy and torch release the GIL in
+    # their kernels), as many as torch may use, which gives the same meshes in less time.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(verts), torch.get_num_threads()))) as pool:
+        untangled = list(pool.map(untangle, verts, faces))
+    verts = [v for v, _ in untangled]
+    left = {name: count for name, (_, count) in zip(names, untangled, strict=True)}
     return list(zip(verts, faces, strict=True)), ResolveReport(tuple(moved_per_round), left)
