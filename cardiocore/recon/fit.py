@@ -54,7 +54,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from cardiocore.errors import CardioInputError, VolumeError
-from cardiocore.geometry.mesh import face_normals
+from cardiocore.geometry.mesh import edge_index, face_normals
 from cardiocore.geometry.grid import checked_matrix
 from cardiocore.geometry.surface import contour_points_on_slices, surface_from_mask
 from cardiocore.recon.mie import (
@@ -362,11 +362,10 @@ def moment_affine(
 
 def _averaging_operator(faces: torch.Tensor, n_verts: int) -> torch.Tensor:
     """Sparse (V, V) neighbour-averaging matrix P = D^-1 W of the mesh graph."""
-    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    edges = torch.unique(torch.cat([edges, edges.flip(1)]), dim=0)
-    degree = torch.bincount(edges[:, 0], minlength=n_verts).clamp(min=1).to(torch.float32)
-    values = 1.0 / degree[edges[:, 0]]
-    return torch.sparse_coo_tensor(edges.T, values, (n_verts, n_verts), check_invariants=False).coalesce()
+    edges = edge_index(faces)
+    degree = torch.bincount(edges[0], minlength=n_verts).clamp(min=1).to(torch.float32)
+    values = 1.0 / degree[edges[0]]
+    return torch.sparse_coo_tensor(edges, values, (n_verts, n_verts), check_invariants=False).coalesce()
 
 
 def _low_pass(faces: torch.Tensor, n_verts: int) -> torch.Tensor:
