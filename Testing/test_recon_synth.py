@@ -23,11 +23,14 @@ from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.synth import (
     CONTRASTS,
     FrameWarp,
+    ShortAxisStack,
     SynthOptions,
     frame_grid_points,
     image_to_frame,
     label_lookup,
     load_cases,
+    long_axis_in_frame,
+    normalise_intensity,
     prepare_case,
     random_pose,
     random_warp,
@@ -287,6 +290,64 @@ def test_synthesis_options_extremes_stay_in_range(axis_phantom):
     assert float(sample.image.min()) >= 0.0 and float(sample.image.max()) <= 1.0
     with pytest.raises(VolumeError, match="0..7"):
         synthesize_image(torch.full((4, 4, 4), 9), [False] * 7, torch.Generator(), options)
+
+
+def test_a_short_axis_stack_keeps_what_its_slices_image_and_loses_what_falls_between():
+    """Known truth on a 48^3 grid of 2 mm: slices every 12 mm across an oblique normal. An image
+    that varies only across the normal (in-plane) comes through unchanged; a 2 mm sheet lying on a
+    slice plane is still seen there, one in the middle of a gap vanishes; beyond the last slice the
+    nearest slice continues (border values, as image_to_frame's resampling gives)."""
+    size, spacing = 48, 2.0
+    points = frame_grid_points(size, spacing).double()
+    normal = np.array([1.0, 2.0, 2.0]) / 3.0
+    stack = ShortAxisStack(normal, first_mm=-30.0, spacing_mm=12.0, thickness_mm=3.0, n_slices=6)
+    in_plane = torch.as_tensor(np.cross(normal, [0.0, 0.0, 1.0]))
+    in_plane = in_plane / in_plane.norm()
+    ramp = (points @ in_plane).float()
+    seen = stack.apply(ramp, spacing)
+    assert torch.allclose(seen, normalise_intensity(ramp), atol=0.02)
+
+    depth = points @ torch.as_tensor(normal)  # slices at -30, -18, -6, 6, 18 and 30 mm
+
+    def near(at_mm: float) -> torch.Tensor:
+        return (depth - at_mm).abs() <= 1.0
+
+    seen = stack.apply((near(18.0) | near(0.0)).float(), spacing)  # a sheet on a slice, one in a gap
+    assert float(seen[near(18.0)].mean()) > 0.5
+    assert float(seen[near(0.0)].max()) < 0.01
+    assert float(seen[near(12.0)].mean()) == pytest.approx(0.5 * float(seen[near(18.0)].mean()), abs=0.05)
+    # Beyond the last slice its values continue: a ramp along the normal stops growing there.
+    seen = stack.apply(depth.float().clamp(-40.0, 40.0), spacing)
+    assert float(seen[near(36.0)].mean()) == pytest.approx(float(seen[near(30.0)].mean()), abs=0.02)
+    assert float(seen[near(24.0)].mean()) < float(seen[near(30.0)].mean()) - 0.05
+
+
+def test_short_axis_stacks_are_drawn_across_the_lv_axis_and_leave_other_draws_alone(axis_phantom):
+    """The phantom's LV axis, found from its cavity points, carries the stack normal within the
+    20 degree tilt; with the stack probability 0 the samples are those of the default options,
+    with 1 the image changes while labels, pose and surfaces stay the same."""
+    phantom, case = axis_phantom
+    centre, axis = long_axis_in_frame(case, np.eye(4))
+    cavity = np.argwhere(phantom.labels == 1) @ phantom.ijk_to_ras[:3, :3].T + phantom.ijk_to_ras[:3, 3]
+    _, _, truth = np.linalg.svd(cavity - cavity.mean(axis=0), full_matrices=False)
+    assert abs(float(axis @ truth[0])) > 0.99
+    np.testing.assert_allclose(centre, cavity.mean(axis=0), atol=2.0)
+    for seed in range(5):
+        stack = ShortAxisStack.draw(torch.Generator().manual_seed(seed), centre, axis)
+        assert abs(float(stack.normal @ axis)) >= np.cos(np.radians(20.0)) - 1e-9
+        assert 8.0 <= stack.spacing_mm <= 20.0 and stack.thickness_mm <= min(10.0, stack.spacing_mm)
+        assert stack.n_slices >= 2 and stack.first_mm < float(centre @ stack.normal)
+
+    def sample(probability: float):
+        return synthesize_sample(case, 32, 5.0, torch.Generator().manual_seed(2),
+                                 SynthOptions(short_axis_stack_prob=probability))
+
+    plain, always = sample(0.0), sample(1.0)
+    never = synthesize_sample(case, 32, 5.0, torch.Generator().manual_seed(2))
+    assert torch.equal(plain.image, never.image)
+    assert torch.equal(always.index, plain.index)
+    np.testing.assert_array_equal(always.frame_to_ras, plain.frame_to_ras)
+    assert float((always.image - plain.image).abs().mean()) > 0.01
 
 
 def test_random_pose_respects_its_ranges():

@@ -138,6 +138,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from cardiocore.recon.template import load_template
     from cardiocore.train.atomic import write_json
 
+    if not 0.0 <= args.short_axis_stacks <= 1.0:
+        raise CardioInputError("--short-axis-stacks", f"is a probability in [0, 1], got {args.short_axis_stacks:g}")
     net = PredictNetSpec(grid_size=args.grid_size, spacing_mm=args.spacing_mm)
     spec = PredictTrainingSpec(net=net, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                                init=args.init or "", init_template=not (args.init and args.template),
@@ -151,7 +153,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     dilate = (tuple(args.dilate) if args.dilate is not None
               else tuple(n for n in DEFAULT_DILATE if all(n in case.names for case in cases)))
     spec.options = dataclasses.replace(spec.options, dilate=dilate,
-                                       dilate_range=tuple(args.dilate_range or DEFAULT_DILATE_RANGE))
+                                       dilate_range=tuple(args.dilate_range or DEFAULT_DILATE_RANGE),
+                                       short_axis_stack_prob=args.short_axis_stacks)
     print(f"training on {len(cases)} label maps: {', '.join(c.name for c in cases)}", flush=True)
 
     def report(step: int, total: int, metrics: dict[str, float]) -> None:
@@ -299,6 +302,9 @@ def add_recon_commands(commands: Any) -> None:
                             "--dilate with no names: no scaling")
     train.add_argument("--dilate-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
                        help="range of those scale factors (radius; log-uniform; default 0.85 1.65)")
+    train.add_argument("--short-axis-stacks", type=float, default=0.0, metavar="P",
+                       help="share of the training images shown only as a cine short-axis stack would show "
+                            "them (thick slices 8-20 mm apart across the LV axis; default 0)")
     train.add_argument("--init", help="start from a trained predictor: 'bundled' or a model file (fine-tuning); "
                                       "default: seeded random weights")
     train.add_argument("--seed", type=int, default=0)

@@ -561,6 +561,9 @@ class SynthOptions:
             ``"mr"``, bright-blood cine MR (bSSFP: blood pools bright, myocardium dark,
             background anywhere, fat bright). Structures whose name contains ``"myocardium"``
             are muscle, the others blood pools.
+        short_axis_stack_prob: probability of showing the image only as a cine short-axis stack
+            would (:class:`ShortAxisStack`: thick slices 8-20 mm apart across the LV long axis,
+            interpolated back onto the grid); 0 draws nothing, so the other draws are unchanged.
     """
 
     supersample: int = 2
@@ -576,6 +579,7 @@ class SynthOptions:
     dilate: tuple[str, ...] = ()
     dilate_range: tuple[float, float] = (1.0, 1.0)
     contrast: str = "random"
+    short_axis_stack_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -727,6 +731,94 @@ def synthesize_image(
     return image.to(device)
 
 
+#: Ranges of :meth:`ShortAxisStack.draw`: slice spacing (centre to centre), slice thickness as a
+#: share of the spacing (at most STACK_MAX_THICKNESS_MM), coverage on each side of the LV centre
+#: along its axis, and the tilt of the stack from the LV long axis.
+STACK_SPACING_MM = (8.0, 20.0)
+STACK_THICKNESS_SHARE = (0.4, 1.0)
+STACK_MAX_THICKNESS_MM = 10.0
+STACK_HALF_COVERAGE_MM = (30.0, 65.0)
+STACK_MAX_TILT_DEG = 20.0
+
+
+def long_axis_in_frame(case: LabelCase, frame_to_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (3,) and unit long axis (3,) of the LV cavity in frame mm: the mean and the principal
+    direction of its boundary points (of all structures' points when the case has no LV cavity)."""
+    cavity = case.names.index("lv_cavity") if "lv_cavity" in case.names else -1
+    points = case.surfaces[cavity] if cavity >= 0 and len(case.surfaces[cavity]) > 2 else np.concatenate(case.surfaces)
+    ras_to_frame = np.linalg.inv(frame_to_ras)
+    frame = points.astype(np.float64) @ ras_to_frame[:3, :3].T + ras_to_frame[:3, 3]
+    centre = frame.mean(axis=0)
+    _, _, axes = np.linalg.svd(frame - centre, full_matrices=False)
+    return centre, axes[0]
+
+
+@dataclass(frozen=True)
+class ShortAxisStack:
+    """A stack of parallel thick slices, and how an image looks once resampled from it.
+
+    A cine short-axis study images slices ``spacing_mm`` apart across the LV long axis; resampled
+    onto a grid (as :func:`image_to_frame` does), each point takes the linear blend of the two
+    slices around it, and beyond the first and last slice the nearest one (border values).
+
+    Attributes:
+        normal: (3,) unit slice normal, frame axes.
+        first_mm: position of the first slice along ``normal``, frame mm.
+        spacing_mm: slice centre to centre; thickness_mm: each slice averages this much along
+            the normal; n_slices: >= 2.
+    """
+
+    normal: np.ndarray
+    first_mm: float
+    spacing_mm: float
+    thickness_mm: float
+    n_slices: int
+
+    @classmethod
+    def draw(cls, generator: torch.Generator, centre: np.ndarray, axis: np.ndarray) -> ShortAxisStack:
+        """A random stack across ``axis`` (3,) about ``centre`` (3,) frame mm (module ranges)."""
+        u = torch.rand(8, generator=generator, dtype=torch.float64).numpy()
+        spacing = STACK_SPACING_MM[0] + (STACK_SPACING_MM[1] - STACK_SPACING_MM[0]) * u[0]
+        share = STACK_THICKNESS_SHARE[0] + (STACK_THICKNESS_SHARE[1] - STACK_THICKNESS_SHARE[0]) * u[1]
+        below, above = (STACK_HALF_COVERAGE_MM[0] + (STACK_HALF_COVERAGE_MM[1] - STACK_HALF_COVERAGE_MM[0]) * v
+                        for v in u[2:4])
+        axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+        # Tilt about a random direction across the axis.
+        helper = np.eye(3)[int(np.argmin(np.abs(axis)))]
+        across = np.cross(axis, helper)
+        across /= np.linalg.norm(across)
+        turn = 2.0 * np.pi * u[4]
+        across = np.cos(turn) * across + np.sin(turn) * np.cross(axis, across)
+        tilt = np.radians(STACK_MAX_TILT_DEG) * u[5]
+        normal = np.cos(tilt) * axis + np.sin(tilt) * across
+        first = float(np.asarray(centre) @ normal) - below + spacing * u[6]
+        n_slices = max(2, int((below + above - spacing * u[6]) // spacing) + 1)
+        return cls(normal, first, spacing, min(share * spacing, STACK_MAX_THICKNESS_MM), n_slices)
+
+    def apply(self, image: torch.Tensor, spacing_mm: float) -> torch.Tensor:
+        """The frame image (D, D, D) of voxel ``spacing_mm`` as seen through the stack, (D, D, D)
+        float32 renormalised to [0, 1] (:func:`normalise_intensity`)."""
+        size = image.shape[0]
+        points = frame_grid_points(size, spacing_mm).to(image.device)
+        normal = torch.as_tensor(self.normal, dtype=torch.float32, device=image.device)
+        depth = points @ normal
+        position = ((depth - self.first_mm) / self.spacing_mm).clamp(0, self.n_slices - 1)
+        lower = position.floor().clamp(max=self.n_slices - 2)
+        upper_weight = position - lower
+        to_grid = 2.0 / ((size - 1) * spacing_mm)  # frame mm -> grid_sample's [-1, 1]
+        seen = torch.zeros_like(image)
+        offsets = (-self.thickness_mm / 3.0, 0.0, self.thickness_mm / 3.0)
+        for slice_index, weight in ((lower, 1.0 - upper_weight), (lower + 1.0, upper_weight)):
+            for offset in offsets:
+                plane = self.first_mm + slice_index * self.spacing_mm + offset
+                on_plane = points + (plane - depth)[..., None] * normal
+                grid = (on_plane * to_grid).flip(-1)[None]  # (1, D, D, D, 3) in (k, j, i) order
+                sampled = F.grid_sample(image[None, None], grid, mode="bilinear", padding_mode="border",
+                                        align_corners=True)[0, 0]
+                seen += weight * sampled / len(offsets)
+        return normalise_intensity(seen)
+
+
 def synthesize_sample(
     case: LabelCase, size: int, spacing_mm: float, generator: torch.Generator,
     options: SynthOptions = SynthOptions(), pose: np.ndarray | None = None,
@@ -752,6 +844,9 @@ def synthesize_sample(
     fine = resample_to_frame(case.index, case.ijk_to_ras, frame_to_ras, size * factor, spacing_mm / factor,
                              mode="nearest", warp=warp).long()
     image = synthesize_image(fine, [is_muscle(n) for n in case.names], generator, options)
+    if options.short_axis_stack_prob > 0 and float(torch.rand((), generator=generator)) < options.short_axis_stack_prob:
+        centre, axis = long_axis_in_frame(case, frame_to_ras)
+        image = ShortAxisStack.draw(generator, centre, axis).apply(image, spacing_mm / factor)
     if factor > 1:
         image = F.avg_pool3d(image[None, None], factor)[0, 0]
     index = resample_to_frame(case.index, case.ijk_to_ras, frame_to_ras, size, spacing_mm, mode="nearest",
