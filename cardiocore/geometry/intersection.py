@@ -1,15 +1,17 @@
 """Triangle-triangle intersections: self-intersections of one mesh, and contacts between two.
 
 Broad phase: every triangle gets a bounding sphere (its centroid and the largest centroid-to-
-corner distance r); a SciPy ``cKDTree`` on the centroids returns the pairs whose centroids lie
-within ``r_i + r_max``, kept when their spheres and axis-aligned boxes overlap.
+corner distance r); triangles are grouped by octave of r, SciPy ``cKDTree`` s on the centroids of
+two groups return the pairs within the sum of the groups' largest radii, and pairs are kept when
+their spheres and axis-aligned boxes overlap.
 
 Narrow phase (vectorised numpy, float64), Moeller (1997) interval test:
 
 - **Non-coplanar pair**: each triangle is cut by the other's plane in a segment lying on the
   line where the two planes meet; the triangles intersect iff the two segments overlap on that
   line by **more than a tolerance** (``1e-6`` of the mesh's bounding-box diagonal, mm).
-  Touching at a point or along a zero-length overlap is not an intersection.
+  Touching at a point or along a zero-length overlap is not an intersection, so a triangle on
+  one side of the other's plane, touching it at one corner at most, settles the pair at once.
 - **Coplanar pair** (every vertex of one lies on the other's plane, up to float64 round-off): the
   triangles intersect iff their interiors overlap: on every in-plane edge normal of either
   triangle their projections overlap by more than the tolerance (2-D separating-axis test).
