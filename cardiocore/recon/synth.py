@@ -8,7 +8,8 @@ contrast-CT-like and bright-blood-MR-like intensity models, for evaluation close
 Orientation, scale and position vary through a random pose of the sampling frame, and shape through
 an optional smooth random deformation of the frame (:class:`FrameWarp`) and optional random scaling
 of chosen chambers about their centroids (dilated or contracted ventricles), so a few label maps
-give many anatomies.
+give many anatomies. Optionally an image is shown only as a cine short-axis stack would show it
+(:class:`ShortAxisStack`), for networks that must read sparse slices.
 
 The frame: the network's physical frame in mm, a cubic grid of ``size``^3 voxels with spacing
 ``spacing_mm``, centred on the frame origin; voxel (i, j, k) sits at frame position
