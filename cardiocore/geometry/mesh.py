@@ -98,12 +98,18 @@ def _half_edges(faces: torch.Tensor) -> torch.Tensor:
 
 def mesh_edges(faces: ArrayLike) -> torch.Tensor:
     """Unique undirected edges (E, 2) int64 with ``i < j``, sorted lexicographically."""
-    sorted_edges = _half_edges(_as_faces(faces)).sort(dim=1).values
-    # One int64 key per edge orders them as the (i, j) rows would, and a 1-D unique is ~20x
-    # faster than torch.unique(dim=0).
-    n = int(sorted_edges.max()) + 1
-    keys = torch.unique(sorted_edges[:, 0] * n + sorted_edges[:, 1])
+    keys, n = _undirected_edge_keys(_half_edges(_as_faces(faces)))
+    keys = torch.unique(keys)
     return torch.stack([keys // n, keys % n], dim=1)
+
+
+def _undirected_edge_keys(half: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One int64 key (H,) per directed edge (H, 2), equal for u->v and v->u, and the base ``n``
+    it was built with: key = min * n + max orders the edges as their sorted (i, j) rows would,
+    and a 1-D unique over the keys is ~20x faster than torch.unique(dim=0) over the rows."""
+    n = int(half.max()) + 1 if half.numel() else 1
+    ends = half.sort(dim=1).values
+    return ends[:, 0] * n + ends[:, 1], n
 
 
 def edge_index(faces: ArrayLike) -> torch.Tensor:
@@ -170,9 +176,8 @@ def boundary_edges(faces: ArrayLike) -> torch.Tensor:
     from the side its normals point to).
     """
     half = _half_edges(_as_faces(faces))
-    _, undirected_id, counts = torch.unique(
-        half.sort(dim=1).values, dim=0, return_inverse=True, return_counts=True
-    )
+    keys, _ = _undirected_edge_keys(half)
+    _, undirected_id, counts = torch.unique(keys, return_inverse=True, return_counts=True)
     return half[counts[undirected_id] == 1]
 
 
