@@ -549,9 +549,10 @@ def scenario_fit_label_file(test: ScriptedLoadableModuleTest, workdir: str | Pat
 def scenario_long_axis_segmentations(test: ScriptedLoadableModuleTest) -> None:
     """A cine-like study segmented in the Segment Editor: the phantom's LV and RV on 12 mm
     short-axis slices of 2.5 mm pixels, and one long-axis slice through the heart's centre on its
-    own grid, same segment names. The logic fits the stack on its slice planes, with the
-    long-axis segmentation (left unmodified), says so in the summary, and refuses long-axis
-    segmentations without a main segmentation."""
+    own grid, same segment names, and a second long-axis slice with only the RV segmented. The
+    logic fits the stack on its slice planes, with the long-axis segmentations (left unmodified;
+    each annotates the structures it has segments for), says so in the summary, and refuses
+    long-axis segmentations without a main segmentation."""
     import numpy as np
 
     from cardiocore.mrml.recon import summary_text
@@ -565,15 +566,18 @@ def scenario_long_axis_segmentations(test: ScriptedLoadableModuleTest) -> None:
                                           stack.ijk_to_ras, name="short axis")
     long_axis = arrays_to_segmentation({n: view.labels == k for k, n in enumerate(names, start=1)},
                                        view.ijk_to_ras, name="long axis")
+    other = heart_label_phantom(shape=(1, 56, 56), spacing=(6.0, 2.5, 2.5), seed=2)
+    rv_view = arrays_to_segmentation({names[2]: other.labels == 3}, other.ijk_to_ras, name="RV only")
     logic = CardioReconstructLogic()
     alone = logic.reconstruct(segmentation, None, steps=10, device="cpu", **TEST_QUALITY_POINTS)
     test.assertEqual((alone.metrics["thick_slice_axis"], alone.metrics["views"]), (2, 0))
     test.assertEqual(set(alone.model_nodes), {"lv_cavity", "lv_myocardium", "rv"})
     before = _snapshot(long_axis)
-    both = logic.reconstruct(segmentation, None, steps=10, device="cpu", view_segmentations=[long_axis],
+    both = logic.reconstruct(segmentation, None, steps=10, device="cpu", view_segmentations=[long_axis, rv_view],
                              **TEST_QUALITY_POINTS)
-    test.assertEqual((both.metrics["thick_slice_axis"], both.metrics["views"]), (2, 1))
-    test.assertIn("thick slices: fitted on the slice planes, with 1 more view(s)", summary_text(both.metrics))
+    test.assertEqual((both.metrics["thick_slice_axis"], both.metrics["views"]), (2, 2))
+    test.assertEqual(both.metrics["view_structures"], [["lv_cavity", "lv_myocardium", "rv"], ["rv"]])
+    test.assertIn("thick slices: fitted on the slice planes, with 2 more view(s)", summary_text(both.metrics))
     after = _snapshot(long_axis)
     test.assertEqual(before[:2], after[:2])
     test.assertTrue(all(np.array_equal(a, b) for a, b in zip(before[2], after[2], strict=True)))

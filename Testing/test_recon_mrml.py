@@ -98,6 +98,12 @@ def test_cli_fit_on_a_thick_slice_stack_fits_the_slice_planes(app, tmp_path, cap
     assert cardio(argv) == 0
     metrics = json.loads((tmp_path / "fit2" / "metrics.json").read_text())
     assert metrics["views"] == 1 and metrics["view_labels"] == [str(view_path.resolve())]
+    assert metrics["view_structures"] == [None]
+    # The view said to annotate the RV alone (--view-structures); a count that does not match is refused.
+    assert cardio([*argv, "--view-structures", "rv", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "fit2" / "metrics.json").read_text())["view_structures"] == [["rv"]]
+    assert cardio([*argv, "--view-structures", "rv", "all", "--overwrite"]) == 2
+    assert "--view-structures: has 2 entries for 1 --views files" in capsys.readouterr().err
     empty_path = write_node(array_to_volume(np.zeros((8, 8, 1), dtype=np.int16), np.eye(4), "empty", labelmap=True),
                             tmp_path / "empty.nii.gz")
     argv[argv.index("--views") + 1] = str(empty_path)

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +49,7 @@ from cardiocore.mrml.storage import read_node, remove_with_helpers, write_node
 from cardiocore.mrml.tables import columns_to_table
 from cardiocore.mrml.volumes import describe_node, volume_to_array
 from cardiocore.recon.evaluate import SVR_POINTS, VR_POINTS, ReconMetrics, evaluate_meshes
-from cardiocore.recon.fit import FitResult, FitWeights, fit_template
+from cardiocore.recon.fit import FitResult, FitView, FitWeights, fit_template
 from cardiocore.recon.predict import BUNDLED_PREDICTOR, MeshPredictor, load_predictor, predict_meshes
 from cardiocore.recon.rules import RuleSet, guess_structure, resolve_rule_set
 from cardiocore.recon.template import HeartTemplate, load_template
@@ -265,7 +265,9 @@ def reconstruct_from_segmentation(
         folder_name: subject-hierarchy folder name (default "CardioReconstruct <input name>").
         view_segmentations: segmentations of other views of the same heart on their own grids
             (the long-axis cines next to a short-axis stack; ``fit_template``'s ``views``), their
-            segments mapped by name (:func:`guess_mapping`); never modified.
+            segments mapped by name (:func:`guess_mapping`); never modified. A view annotates the
+            structures it has a mapped segment for (an empty segment says the structure is not
+            on its planes); a structure without one is unknown there, not background.
 
     Raises:
         CardioInputError: not a segmentation, an empty mapping, unknown segments or structures,
@@ -278,7 +280,10 @@ def reconstruct_from_segmentation(
         _segmentation_of(view)
     _report(progress, 0.0, "reading the segmentation")
     labels, ijk_to_ras, sources, named_mapping = _segmentation_labels(seg_node, mapping, rule_set, reference_volume)
-    views = [_segmentation_labels(view, None, rule_set, None)[:2] for view in view_segmentations]
+    views = []
+    for view in view_segmentations:
+        view_labels, view_matrix, view_sources, _ = _segmentation_labels(view, None, rule_set, None)
+        views.append(FitView(view_labels, view_matrix, sorted(set(view_sources) & set(sources))))
     return _reconstruct_to_scene(
         labels, ijk_to_ras, rule_set.subset(sources), sources,
         options=FitOptions(steps, weights, use_mie, seed, vr_points, svr_points), template=template,
@@ -305,12 +310,15 @@ def reconstruct_from_labelmap(
     should_stop: Callable[[], bool] | None = None,
     folder_name: str | None = None,
     view_nodes: Sequence[Any] = (),
+    view_structures: Sequence[Collection[str] | None] = (),
 ) -> ReconNodes:
     """As :func:`reconstruct_from_segmentation`, from a labelmap volume coded as ``rules`` says
     (default labels 1..7; ``rules="mmwhs"`` for MM-WHS codes 205, 420, ...). ``view_nodes``:
     more labelmap volumes of the same heart on their own grids, coded the same way (the
     long-axis slices of a cine study next to its short-axis stack; ``fit_template``'s
-    ``views``); the quality figures are measured against ``labelmap_node``.
+    ``views``); the quality figures are measured against ``labelmap_node``. ``view_structures``:
+    the structure names each view annotates, one entry per view node (None or no entry: all;
+    a structure a view does not annotate is unknown on its planes, not background).
 
     Raises:
         CardioInputError: not a labelmap volume node, or no structure of ``rules`` in it.
@@ -319,15 +327,19 @@ def reconstruct_from_labelmap(
         if node is None or not node.IsA("vtkMRMLLabelMapVolumeNode"):
             raise CardioInputError(role, f"expected a labelmap volume node, got {describe_node(node)}",
                                    "convert a segmentation or choose the labelmap")
+    if len(view_structures) > len(view_nodes):
+        raise CardioInputError("view structures", f"{len(view_structures)} entries for {len(view_nodes)} views",
+                               "give at most one entry per view")
     rule_set = resolve_rule_set(rules)
     _report(progress, 0.0, "reading the labelmap")
     labels, ijk_to_ras = volume_to_array(labelmap_node)
+    annotated = list(view_structures) + [None] * (len(view_nodes) - len(view_structures))
     return _reconstruct_to_scene(
         labels, ijk_to_ras, rule_set, {s.name: [f"label {s.label}"] for s in rule_set.structures},
         options=FitOptions(steps, weights, use_mie, seed, vr_points, svr_points), template=template,
         device=device, progress=progress, should_stop=should_stop,
         folder_name=folder_name or f"CardioReconstruct {labelmap_node.GetName()}", extra={},
-        views=[volume_to_array(node) for node in view_nodes],
+        views=[FitView(*volume_to_array(node), structures) for node, structures in zip(view_nodes, annotated)],
     )
 
 
@@ -357,7 +369,7 @@ def _reconstruct_to_scene(
     should_stop: Callable[[], bool] | None,
     folder_name: str,
     extra: Mapping[str, Any],
-    views: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+    views: Sequence[FitView] = (),
 ) -> ReconNodes:
     """Fit (with ``views``, other label maps of the heart: ``fit_template``'s), then measure
     against ``labels`` and add the nodes (:func:`_measure_to_scene`)."""
@@ -390,6 +402,7 @@ def _reconstruct_to_scene(
         "fitted": list(result.names),
         "thick_slice_axis": result.slice_axis,
         "views": len(views),
+        "view_structures": [None if v.structures is None else sorted(v.structures) for v in views],
         "device": str(torch_device),
         "steps": options.steps,
         "use_mie": options.use_mie,
@@ -829,6 +842,7 @@ def fit_label_file(
     svr_points: int = SVR_POINTS,
     progress: ProgressFn | None = None,
     view_paths: Sequence[str | os.PathLike] = (),
+    view_structures: Sequence[Collection[str] | None] = (),
 ) -> dict[str, Any]:
     """``cardio recon fit``: fit a label map file and write ``out_dir/<structure>.vtk`` (RAS mm,
     one per fitted structure, with the region array), ``out_dir/meshes.seg.nrrd`` and
@@ -842,7 +856,8 @@ def fit_label_file(
         steps, device, use_mie: fit settings; vr_points, svr_points: samples per rule for VR and
             SVR. overwrite: replace existing output files. progress: ``progress(fraction, message)``.
         view_paths: more label map files of the same heart, coded the same way (long-axis
-            slices; :func:`reconstruct_from_labelmap`'s ``view_nodes``).
+            slices; :func:`reconstruct_from_labelmap`'s ``view_nodes``); view_structures: the
+            structures each annotates (its ``view_structures``).
 
     Returns:
         the metrics dict written to ``metrics.json``.
@@ -857,7 +872,7 @@ def fit_label_file(
     with _file_nodes((labels_path, "labelmap"), *((path, "labelmap") for path in view_paths)) as (labelmap, *views):
         nodes = reconstruct_from_labelmap(labelmap, rules=rules, steps=steps, use_mie=use_mie, device=device,
                                           vr_points=vr_points, svr_points=svr_points, progress=progress,
-                                          view_nodes=views)
+                                          view_nodes=views, view_structures=view_structures)
     return _write_outputs(nodes, out, overwrite, {"labels": str(Path(labels_path).resolve()),
                                                   "view_labels": [str(Path(v).resolve()) for v in view_paths]})
 

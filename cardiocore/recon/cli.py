@@ -53,9 +53,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from cardiocore.mrml.recon import fit_label_file
 
     metrics = fit_label_file(args.labels, args.out, structures=args.structures, steps=args.steps,
-                             device=args.device, overwrite=args.overwrite, progress=_report, view_paths=args.views)
+                             device=args.device, overwrite=args.overwrite, progress=_report, view_paths=args.views,
+                             view_structures=_view_structures(args.view_structures, len(args.views)))
     _print_fit_summary(metrics, Path(args.out))
     return 0
+
+
+def _view_structures(specs: list[str], n_views: int) -> list[list[str] | None]:
+    """``--view-structures`` entries (``all`` or comma-separated names), one per ``--views`` file."""
+    if specs and len(specs) != n_views:
+        raise CardioInputError("--view-structures", f"has {len(specs)} entries for {n_views} --views files",
+                               "give one entry per view, 'all' for a view that annotates every structure")
+    return [None if spec == "all" else [name.strip() for name in spec.split(",") if name.strip()] for spec in specs]
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -247,6 +256,10 @@ def add_recon_commands(commands: Any) -> None:
     fit.add_argument("--views", nargs="+", default=[], metavar="FILE",
                      help="more label maps of the same heart on their own grids, coded like --labels "
                           "(e.g. long-axis slices next to a short-axis stack)")
+    fit.add_argument("--view-structures", nargs="+", default=[], metavar="NAMES",
+                     help="per --views file, the structures it annotates: 'all' (the default) or comma-separated "
+                          "names (e.g. rv for an RVOT view whose LV was not outlined); one not annotated is "
+                          "unknown on that view's planes instead of background")
     fit.add_argument("--structures", default="default", help=STRUCTURES_HELP)
     fit.add_argument("--steps", type=int, default=150, help="optimisation steps (default 150)")
     fit.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")

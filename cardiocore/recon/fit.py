@@ -35,7 +35,8 @@ map's IJK-to-RAS matrix, so oblique and anisotropic grids need no special case.
    term is the relational one (no labels off the slices); the template's shape and the
    smoothness terms carry the surface between the slices. More label maps of the same heart on
    their own grids (``views``: the long-axis slices of a cine study) add occupancy and outline
-   terms in the same way, each on its own slices.
+   terms in the same way, each on its own slices, for the structures each view annotates
+   (:class:`FitView`; one whose outline was not drawn is unknown there, not background).
 4. Resolution (``resolve``, on by default): the vertices that still break a rule are moved just
    past the other surface, then self-intersections are untangled
    (:func:`cardiocore.recon.resolve.resolve_meshes`).
@@ -46,7 +47,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -168,6 +171,20 @@ def _adjacent_face_pairs(faces: torch.Tensor) -> torch.Tensor:
     return (order // 3).reshape(-1, 2)
 
 
+class FitView(NamedTuple):
+    """Another label map of the same heart on its own grid (a long-axis cine slice).
+
+    ``labels`` (I, J, K) is coded like the main label map, ``ijk_to_ras`` (4, 4) RAS mm.
+    ``structures``: the structure names annotated in it (None: all of them). Where an annotated
+    structure has no label the view says it is absent; a structure not annotated is unknown on
+    the view's planes (an RVOT view whose LV was not outlined says nothing about the LV).
+    """
+
+    labels: np.ndarray
+    ijk_to_ras: np.ndarray
+    structures: Collection[str] | None = None
+
+
 @dataclass
 class _Target:
     """The label map on the working grid, as tensors for sampling in RAS mm."""
@@ -185,6 +202,7 @@ class _Target:
     second_moments: list[torch.Tensor | None] = field(default_factory=list)  # (3, 3) integral of x x^T, mm^5
     slice_axis: int | None = None  # thick-slice axis: labels known on its planes only
     slice_range: tuple[int, int] = (0, 0)  # the imaged planes along it, working-grid indices
+    known: list[bool] = field(default_factory=list)  # per structure: annotated in this label map
 
     def to_world(self, ijk: torch.Tensor) -> torch.Tensor:
         """Voxel coordinates (N, 3) -> RAS (N, 3) mm."""
@@ -237,19 +255,23 @@ def _checked_label_map(labels: np.ndarray, ijk_to_ras: np.ndarray, what: str) ->
 
 
 def _prepare_target(
-    labels: np.ndarray, ijk_to_ras: np.ndarray, values: list[int], spacing_mm: float,
+    labels: np.ndarray, ijk_to_ras: np.ndarray, values: list[int | None], spacing_mm: float,
     n_surface: int, device: torch.device, generator: torch.Generator, slice_axis: int | None,
 ) -> _Target:
+    """The label map as a :class:`_Target`; ``values``: each structure's label, None for a
+    structure the map does not annotate (its voxels, if any, count as no structure's)."""
     work, matrix = crop_and_stride(labels, ijk_to_ras, spacing_mm)
     index = np.full(work.shape, -1, dtype=np.int64)
     for s, value in enumerate(values):
-        index[work == value] = s
+        if value is not None:
+            index[work == value] = s
     voxel_mm3 = abs(float(np.linalg.det(matrix[:3, :3])))
     target = _Target(
         labels=torch.as_tensor(index, device=device),
         matrix=torch.as_tensor(matrix, dtype=torch.float32, device=device),
         inverse=torch.as_tensor(np.linalg.inv(matrix), dtype=torch.float32, device=device),
         slice_axis=slice_axis,
+        known=[value is not None for value in values],
     )
     structure = ndimage.generate_binary_structure(3, 1)
     if slice_axis is not None:
@@ -287,6 +309,33 @@ def _prepare_target(
         target.centroids.append(inside.mean(dim=0).cpu())
         target.second_moments.append((inside.T @ inside).cpu() * voxel_mm3)
     return target
+
+
+def _prepare_view(
+    view: FitView, role: str, rules: RuleSet, known_names: Sequence[str], spacing_mm: float,
+    device: torch.device, generator: torch.Generator,
+) -> _Target:
+    """A view's :class:`_Target` for the fitted structures (``rules``) that it annotates;
+    ``known_names``: every structure of the rule set the fit was given.
+
+    Raises:
+        CardioInputError: a structure name outside ``known_names``, or a view that shows none of
+            the fitted structures it annotates.
+    """
+    array, matrix = _checked_label_map(view.labels, view.ijk_to_ras, role)
+    names = rules.names
+    annotated = set(names) if view.structures is None else set(view.structures)
+    unknown = sorted(annotated - set(known_names))
+    if unknown:
+        raise CardioInputError(f"{role} structures", f"names structures that are not in the rule set: {unknown}",
+                               "choose from: " + ", ".join(known_names))
+    values = [rules.structure(n).label if n in annotated else None for n in names]
+    if not np.isin(array, [v for v in values if v is not None]).any():
+        shown = [n for n in names if n in annotated]
+        raise CardioInputError(role, f"shows none of the fitted structures it annotates ({', '.join(shown) or 'none'})",
+                               "code it like the main label map, or leave it out")
+    return _prepare_target(array, matrix, values, spacing_mm, 3000, device, generator,
+                           thick_slice_axis(matrix, array.shape))
 
 
 # ------------------------------------------------------------------------------ initialisation
@@ -429,7 +478,7 @@ def fit_template(
     learning_rate_mm: float = 1.0,
     mie_sharpening: float = 0.5,
     thick_slices: bool | None = None,
-    views: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+    views: Sequence[FitView | tuple[np.ndarray, np.ndarray]] = (),
 ) -> FitResult:
     """Deform ``template`` to the label map ``labels`` (see the module docstring).
 
@@ -460,13 +509,14 @@ def fit_template(
         thick_slices: fit the labels on the slice planes only (module docstring); None: when
             :func:`thick_slice_axis` finds thick slices, True: along the coarsest axis whatever
             its spacing, False: never.
-        views: more label maps of the same heart on their own grids, coded like ``labels``,
-            each (I, J, K) with its (4, 4) IJK-to-RAS matrix: the long-axis slices of a cine
-            MR study next to its short-axis stack (a single slice, or thick slices, is fitted on
-            its planes). They add occupancy points (half as many per structure as ``labels``)
-            and outline points for the structures fitted from ``labels`` (the initialisation,
-            the MIE labels and the missing list come from ``labels`` alone); a structure a
-            view does not show is background on its planes.
+        views: more label maps of the same heart on their own grids, coded like ``labels``:
+            :class:`FitView` or (labels (I, J, K), IJK-to-RAS (4, 4)) pairs, the long-axis
+            slices of a cine MR study next to its short-axis stack (a single slice, or thick
+            slices, is fitted on its planes). They add occupancy points (half as many per
+            structure as ``labels``) and outline points for the structures fitted from
+            ``labels`` that they annotate (the initialisation, the MIE labels and the missing
+            list come from ``labels`` alone); an annotated structure a view does not show is
+            background on its planes, one it does not annotate is unknown there.
 
     Returns:
         :class:`FitResult` with one closed mesh per present structure in RAS mm.
@@ -495,6 +545,7 @@ def fit_template(
             "labels", f"no structure of the rule set was found (label values present: {found})",
             "choose the label coding that matches (e.g. --structures mmwhs) or map the segments to structures",
         )
+    known_names = rules.names
     rules = rules.subset(present)
     template = template.subset(present)
     names = rules.names
@@ -504,14 +555,8 @@ def fit_template(
         slice_axis = int(np.argmax(np.linalg.norm(matrix[:3, :3], axis=0))) if thick_slices else None
     values = [rules.structure(n).label for n in names]
     target = _prepare_target(array, matrix, values, spacing_mm, 3000, device, generator, slice_axis)
-    view_targets = []
-    for v, (view_labels, view_ijk_to_ras) in enumerate(views, start=1):
-        view_array, view_matrix = _checked_label_map(view_labels, view_ijk_to_ras, f"view {v}")
-        if not np.isin(view_array, values).any():
-            raise CardioInputError(f"view {v}", f"shows none of the fitted structures ({', '.join(names)})",
-                                   "code it like the main label map, or leave it out")
-        view_targets.append(_prepare_target(view_array, view_matrix, values, spacing_mm, 3000, device, generator,
-                                            thick_slice_axis(view_matrix, view_array.shape)))
+    view_targets = [_prepare_view(FitView(*view), f"view {v}", rules, known_names, spacing_mm, device, generator)
+                    for v, view in enumerate(views, start=1)]
     t_prepared = time.perf_counter()
 
     # Affine initialisation and the fixed operators.
@@ -568,6 +613,8 @@ def fit_template(
             for view, n_points in ((target, points_per_structure),
                                    *((t, points_per_structure // 2) for t in view_targets)):
                 for s, (v, f) in enumerate(meshes):
+                    if not view.known[s]:
+                        continue
                     points = view.onto_slices(
                         _sample_occupancy_points(view, s, v, n_points, 1.5 * voxel_mm, generator))
                     truth = (view.label_at(points) == s).to(v.dtype)

@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bivme_study import STUDY, closed_ml, distances, fitted_meshes, mesh_ml, short_axis_stack  # noqa: E402
-from real_cine_mr_fit import contour_label_map, long_axis_label_maps  # noqa: E402
+from real_cine_mr_fit import LONG_AXIS_SLICES, contour_label_map, long_axis_label_maps  # noqa: E402
 
 from cardiocore.mrml.app import slicer_app  # noqa: E402
 from cardiocore.recon.fit import fit_template  # noqa: E402
@@ -51,7 +51,7 @@ def main() -> int:
     for frame in FRAMES:
         image, ijk_to_ras = short_axis_stack(frame)
         labels = contour_label_map(frame, image.shape, ijk_to_ras)
-        views = long_axis_label_maps(frame)
+        views = [view for slice_id, view in long_axis_label_maps(frame).items() if slice_id in LONG_AXIS_SLICES]
         started = time.perf_counter()
         result = fit_template(labels, ijk_to_ras, rules, template, views=views)
         seconds = time.perf_counter() - started

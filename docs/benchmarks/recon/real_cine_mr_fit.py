@@ -9,11 +9,12 @@ bSSFP cine with 6 short-axis slices 17.7 mm apart; the reference meshes were fit
 same short-axis contours **and** to long-axis contours (so without the long-axis views the base
 and apex are known to the reference, not to the fit).
 
-Each frame is fitted three times: as a volume (each label filling its 17.7 mm slab), as thick
+Each frame is fitted five times: as a volume (each label filling its 17.7 mm slab), as thick
 slices (the default on such a stack: labels on the slice planes only), and as thick slices with
 three long-axis views added (4-chamber, LVOT and 2-chamber cines, their expert contours filled on
 their own single-slice grids: ``fit_template(..., views=...)``, what a user who also segments the
-long-axis series gives). Scores per frame (ED 0, ES 9): distances both ways between our LV and RV cavities and the fitted LV
+long-axis series gives), with the RVOT view as well, which annotates the RV alone, and with the
+RVOT view read as annotating every structure (its uncontoured LV then counts as background). Scores per frame (ED 0, ES 9): distances both ways between our LV and RV cavities and the fitted LV
 and RV endocardia (mm), volumes (ml; the fitted surfaces closed over the valves), the ejection
 fractions, and the same volumes by the slice-summation (Simpson) rule on the label map, the
 clinical method on such a stack.
@@ -47,7 +48,7 @@ from bivme_study import (
 from cardiocore.geometry.volume import close_boundary
 from cardiocore.geometry.winding import inside_mesh
 from cardiocore.mrml.app import slicer_app
-from cardiocore.recon.fit import fit_template
+from cardiocore.recon.fit import FitView, fit_template
 from cardiocore.recon.rules import resolve_rule_set
 from cardiocore.recon.template import load_template
 
@@ -59,13 +60,20 @@ OUTLINES = {
     "rv": ("RV_FREEWALL", "RV_SEPTUM"),
 }
 # The long-axis views with both LV and RV contours or LV contours alone (4-chamber, LVOT,
-# 2-chamber); the RVOT view (11) has no LV contours though the LV may be in it, so it is left out.
+# 2-chamber), and the RVOT view (11), whose RV alone was contoured (the LV may be in it): it
+# annotates the RV only (``FitView.structures``), so the LV is unknown on its plane; read as
+# annotating every structure, it would call the LV background there.
 LONG_AXIS_SLICES = (7, 8, 9)
-GAP_FACTOR = 3.0
-# Mode -> (thick_slices, with the long-axis views): fitted as a volume (labels filling the slabs
-# between slices), as thick slices (labels on the slice planes only, what ``fit_template`` does by
-# default on such a stack), and as thick slices with the long-axis views added.
-MODES = {"volume": (False, False), "slices": (None, False), "slices+LAX": (None, True)}  # a step longer than this many median steps splits a contour into pieces
+RVOT_SLICE = 11
+RVOT, RVOT_AS_ALL = "RVOT", "RVOT as all"
+GAP_FACTOR = 3.0  # a step longer than this many median steps splits a contour into pieces
+# Mode -> (thick_slices, views): fitted as a volume (labels filling the slabs between slices), as
+# thick slices (labels on the slice planes only, what ``fit_template`` does by default on such a
+# stack), with the three long-axis views added, with the RVOT view too, and with the RVOT view
+# read as annotating every structure.
+MODES = {"volume": (False, ()), "slices": (None, ()), "slices+LAX": (None, LONG_AXIS_SLICES),
+         "slices+LAX+RVOT": (None, (*LONG_AXIS_SLICES, RVOT)),
+         "slices+LAX+RVOT as all": (None, (*LONG_AXIS_SLICES, RVOT_AS_ALL))}
 
 
 def contour_pieces(points: np.ndarray) -> list[np.ndarray]:
@@ -129,13 +137,18 @@ def contour_label_map(frame: int, shape: tuple[int, int, int], ijk_to_ras: np.nd
     return out
 
 
-def long_axis_label_maps(frame: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The frame's long-axis contours (:data:`LONG_AXIS_SLICES`), each filled on its own
-    single-slice grid: (labels (I, J, 1), IJK-to-RAS (4, 4)) per view, ``fit_template``'s ``views``."""
-    views = []
-    for slice_id in LONG_AXIS_SLICES:
+def long_axis_label_maps(frame: int) -> dict[int | str, FitView]:
+    """The frame's long-axis contours, each filled on its own single-slice grid (labels
+    (I, J, 1), IJK-to-RAS (4, 4)): :data:`LONG_AXIS_SLICES` by slice id, the RVOT slice as
+    :data:`RVOT` (annotating the RV) and :data:`RVOT_AS_ALL` (annotating every structure)."""
+    views: dict[int | str, FitView] = {}
+    for slice_id in (*LONG_AXIS_SLICES, RVOT_SLICE):
         image, ijk_to_ras = long_axis_slice(slice_id, frame)
-        views.append((contour_label_map(frame, image.shape, ijk_to_ras, "LAX_", (slice_id,)), ijk_to_ras))
+        labels = contour_label_map(frame, image.shape, ijk_to_ras, "LAX_", (slice_id,))
+        if slice_id == RVOT_SLICE:
+            views[RVOT], views[RVOT_AS_ALL] = FitView(labels, ijk_to_ras, ["rv"]), FitView(labels, ijk_to_ras)
+        else:
+            views[slice_id] = FitView(labels, ijk_to_ras)
     return views
 
 
@@ -178,12 +191,12 @@ def main() -> int:
             print(f"  slice summation {name:9s} {volumes[('slice sum', phase, name)]:6.1f} ml; on the contoured "
                   f"slices the fitted surface holds {ratio:.2f}x the contours' pixels")
         views = long_axis_label_maps(frame)
-        print(f"  long-axis views {LONG_AXIS_SLICES}: " + ", ".join(
-            f"{int((v > 0).sum())} labelled pixels" for v, _ in views))
-        for mode, (thick, with_views) in MODES.items():
+        print("  long-axis views: " + ", ".join(f"{slice_id}: {int((v.labels > 0).sum())} labelled pixels"
+                                                for slice_id, v in views.items() if slice_id != RVOT_AS_ALL))
+        for mode, (thick, view_ids) in MODES.items():
             started = time.perf_counter()
             result = fit_template(labels, ijk_to_ras, rules, template, steps=args.steps, thick_slices=thick,
-                                  views=views if with_views else (), seed=args.seed)
+                                  views=[views[i] for i in view_ids], seed=args.seed)
             seconds = time.perf_counter() - started
             meshes = dict(zip(result.names, result.meshes(), strict=True))
             print(f"  {mode}: fit of {', '.join(result.names)} in {seconds:.1f} s (slice axis {result.slice_axis}); "
@@ -201,7 +214,7 @@ def main() -> int:
         for name in ("lv_cavity", "rv"):
             edv, esv = volumes[(source, "ED", name)], volumes[(source, "ES", name)]
             figures.append(f"{name} EDV {edv:6.1f} ml ESV {esv:6.1f} ml EF {100 * (edv - esv) / edv:5.1f} %")
-        print(f"  {source:10s} " + "; ".join(figures))
+        print(f"  {source:22s} " + "; ".join(figures))
     return 0
 
 
