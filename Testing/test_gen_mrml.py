@@ -61,10 +61,11 @@ def test_model_list_puts_the_default_first_and_each_names_newest_version_first(t
     user = [{**template, "name": "mine", "version": v, "file": f"mine-{v}.pt"} for v in ("1.0.0", "1.10.0", "1.9.0")]
     (tmp_path / "models.json").write_text(json.dumps({"schema_version": 1, "models": user}))
     listed = [(choice.name, choice.version, choice.source) for choice in available_models()]
-    assert listed == [("cardiogen-cap", "1.1.0", "bundled"), ("cardiogen-cap", "1.0.0", "bundled"),
+    assert listed == [("cardiogen-cap", "1.2.0", "bundled"), ("cardiogen-cap", "1.1.0", "bundled"),
+                      ("cardiogen-cap", "1.0.0", "bundled"),
                       ("mine", "1.10.0", "user"), ("mine", "1.9.0", "user"), ("mine", "1.0.0", "user")]
     assert next_model_version("mine") == "1.10.1" and next_model_version("new") == "1.0.0"
-    assert next_model_version("cardiogen-cap") == "1.1.1"
+    assert next_model_version("cardiogen-cap") == "1.2.1"
     (tmp_path / "models.json").write_text(json.dumps({"schema_version": 1, "models": user[:1]}))
     assert next_model_version("mine") == "1.0.1"  # not "2": the version's trailing zeros count here
 
