@@ -51,7 +51,7 @@ def main() -> int:
     for frame in FRAMES:
         image, ijk_to_ras = short_axis_stack(frame)
         labels = contour_label_map(frame, image.shape, ijk_to_ras)
-        views = [view for slice_id, view in long_axis_label_maps(frame).items() if slice_id in LONG_AXIS_SLICES]
+        views = long_axis_label_maps(frame, LONG_AXIS_SLICES)
         started = time.perf_counter()
         result = fit_template(labels, ijk_to_ras, rules, template, views=views)
         seconds = time.perf_counter() - started

@@ -137,18 +137,14 @@ def contour_label_map(frame: int, shape: tuple[int, int, int], ijk_to_ras: np.nd
     return out
 
 
-def long_axis_label_maps(frame: int) -> dict[int | str, FitView]:
-    """The frame's long-axis contours, each filled on its own single-slice grid (labels
-    (I, J, 1), IJK-to-RAS (4, 4)): :data:`LONG_AXIS_SLICES` by slice id, the RVOT slice as
-    :data:`RVOT` (annotating the RV) and :data:`RVOT_AS_ALL` (annotating every structure)."""
-    views: dict[int | str, FitView] = {}
-    for slice_id in (*LONG_AXIS_SLICES, RVOT_SLICE):
+def long_axis_label_maps(frame: int, slice_ids: tuple[int, ...]) -> list[FitView]:
+    """The frame's contours of the long-axis slices ``slice_ids``, each filled on its own
+    single-slice grid (labels (I, J, 1), IJK-to-RAS (4, 4)); the RVOT slice annotates the RV alone."""
+    views = []
+    for slice_id in slice_ids:
         image, ijk_to_ras = long_axis_slice(slice_id, frame)
-        labels = contour_label_map(frame, image.shape, ijk_to_ras, "LAX_", (slice_id,))
-        if slice_id == RVOT_SLICE:
-            views[RVOT], views[RVOT_AS_ALL] = FitView(labels, ijk_to_ras, ["rv"]), FitView(labels, ijk_to_ras)
-        else:
-            views[slice_id] = FitView(labels, ijk_to_ras)
+        views.append(FitView(contour_label_map(frame, image.shape, ijk_to_ras, "LAX_", (slice_id,)), ijk_to_ras,
+                             ["rv"] if slice_id == RVOT_SLICE else None))
     return views
 
 
@@ -190,7 +186,9 @@ def main() -> int:
             ratio = reference_on_slices(labels, ijk_to_ras, rules.structure(name).label, reference[name])
             print(f"  slice summation {name:9s} {volumes[('slice sum', phase, name)]:6.1f} ml; on the contoured "
                   f"slices the fitted surface holds {ratio:.2f}x the contours' pixels")
-        views = long_axis_label_maps(frame)
+        views = dict(zip((*LONG_AXIS_SLICES, RVOT), long_axis_label_maps(frame, (*LONG_AXIS_SLICES, RVOT_SLICE)),
+                         strict=True))
+        views[RVOT_AS_ALL] = views[RVOT]._replace(structures=None)
         print("  long-axis views: " + ", ".join(f"{slice_id}: {int((v.labels > 0).sum())} labelled pixels"
                                                 for slice_id, v in views.items() if slice_id != RVOT_AS_ALL))
         for mode, (thick, view_ids) in MODES.items():
