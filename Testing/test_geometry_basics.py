@@ -16,7 +16,7 @@ from cardiocore.errors import MeshError, VolumeError
 from cardiocore.geometry import distance as distance_module
 from cardiocore.geometry.decimate import quadric_decimate
 from cardiocore.geometry.distance import closest_points_on_mesh, point_to_mesh_distance
-from cardiocore.geometry.grid import label_mask
+from cardiocore.geometry.grid import label_mask, occupied_box
 from cardiocore.geometry.laplacian import cotangent_laplacian, uniform_laplacian
 from cardiocore.geometry.mesh import (
     as_mesh,
@@ -613,3 +613,17 @@ def test_label_mask_is_the_union_of_the_values():
     assert np.array_equal(label_mask(labels, 205), labels == 205)
     assert np.array_equal(label_mask(labels, [205, 500, 999]), np.isin(labels, [205, 500]))
     assert not label_mask(labels, []).any()
+    fortran = np.asfortranarray(np.arange(60).reshape(3, 4, 5) % 7)  # a NIfTI volume's layout
+    mask = label_mask(fortran, [2, 5])
+    assert mask.flags.f_contiguous and np.array_equal(mask, np.isin(fortran, [2, 5]))
+
+
+def test_occupied_box_is_the_set_voxels_box_widened_and_clipped():
+    mask = np.zeros((10, 8, 6), dtype=np.int16)
+    mask[2:5, 7, 1:3] = 3
+    mask[6, 7, 2] = 1
+    assert occupied_box(mask) == (slice(2, 7), slice(7, 8), slice(1, 3))
+    assert occupied_box(mask, 2) == (slice(0, 9), slice(5, 8), slice(0, 5))
+    assert occupied_box(mask, [0, 1, 3]) == (slice(2, 7), slice(6, 8), slice(0, 6))
+    assert occupied_box(mask.astype(bool)) == occupied_box(mask)
+    assert occupied_box(np.zeros((4, 4, 4), dtype=bool), 1) is None

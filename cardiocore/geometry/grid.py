@@ -30,9 +30,31 @@ def label_mask(labels: np.ndarray, values: int | Sequence[int]) -> np.ndarray:
     """Voxels (I, J, K) bool whose label is ``values`` or any of several values (a union).
 
     One comparison per value: for the few values of a label coding that is far faster on a
-    whole CT volume than ``np.isin``, which sorts.
+    whole CT volume than ``np.isin``, which sorts. The mask keeps the memory layout of
+    ``labels`` (NIfTI volumes are read in Fortran order): or-ing into a mask of the other layout
+    reads one of them with strides, about 30 times slower on a 512 x 512 x 239 volume.
     """
-    mask = np.zeros(np.shape(labels), dtype=bool)
+    array = np.asarray(labels)
+    mask = np.zeros_like(array, dtype=bool)
     for value in np.atleast_1d(np.asarray(values)).tolist():
-        mask |= labels == int(value)
+        mask |= array == int(value)
     return mask
+
+
+def occupied_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...] | None:
+    """Index box (one slice per axis) of the non-zero voxels of ``mask`` (I, J, K), widened by
+    ``margin`` voxels per axis and clipped to the grid; None when no voxel is set.
+
+    From the projections of the mask on each axis: on a whole CT volume about 50 times faster
+    than ``np.nonzero``, which lists every set voxel.
+    """
+    array = np.asarray(mask)
+    margins = np.broadcast_to(np.asarray(margin, dtype=np.int64), (array.ndim,))
+    box = []
+    for axis in range(array.ndim):
+        present = np.flatnonzero(array.any(axis=tuple(a for a in range(array.ndim) if a != axis)))
+        if present.size == 0:
+            return None
+        low = max(0, int(present[0] - margins[axis]))
+        box.append(slice(low, min(array.shape[axis], int(present[-1] + margins[axis] + 1))))
+    return tuple(box)

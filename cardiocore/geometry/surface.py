@@ -11,7 +11,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.measure import find_contours, marching_cubes
 
 from cardiocore.errors import VolumeError
-from cardiocore.geometry.grid import checked_matrix
+from cardiocore.geometry.grid import checked_matrix, occupied_box
 from cardiocore.geometry.mesh import ArrayLike
 from cardiocore.geometry.volume import enclosed_volume
 
@@ -46,18 +46,15 @@ def surface_from_mask(
         raise VolumeError("mask", f"must be a 3-D (I, J, K) array, got shape {raw.shape}")
     if smoothing_mm < 0:
         raise VolumeError("smoothing_mm", f"must be >= 0, got {smoothing_mm}")
-    above = raw > level
-    if not above.any():
-        raise VolumeError("mask", f"has no voxel above level {level}, so there is no surface")
-
     sigma_voxels = smoothing_mm / np.linalg.norm(matrix[:3, :3], axis=0)
     pad = 1 + math.ceil(3 * float(sigma_voxels.max()))
     # Only the box around the voxels above the level (with two pads of margin, so a blur sees
     # the same neighbourhood) is meshed: a small structure in a large volume costs little.
-    spans = [np.flatnonzero(above.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
-    start = np.array([max(0, int(span[0]) - 2 * pad) for span in spans])
-    stop = np.array([min(n, int(span[-1]) + 1 + 2 * pad) for n, span in zip(raw.shape, spans, strict=True)])
-    values = raw[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]].astype(np.float64)
+    box = occupied_box(raw > level, 2 * pad)
+    if box is None:
+        raise VolumeError("mask", f"has no voxel above level {level}, so there is no surface")
+    start = np.array([axis.start for axis in box])
+    values = raw[box].astype(np.float64)
     padded = np.pad(values, pad, mode="constant", constant_values=min(0.0, float(raw.min())))
     if smoothing_mm > 0:
         padded = gaussian_filter(padded, sigma_voxels, mode="nearest")

@@ -20,6 +20,7 @@ import vtk
 from vtk.util import numpy_support
 
 from cardiocore.errors import CardioInputError
+from cardiocore.geometry.grid import occupied_box
 from cardiocore.mrml.app import slicer_app
 from cardiocore.mrml.polydata import mesh_from_polydata
 from cardiocore.mrml.volumes import describe_node, node_to_world_matrix, validate_ijk_to_ras, volume_to_array
@@ -378,21 +379,26 @@ def _binary_mask(mask: np.ndarray, what: str) -> np.ndarray:
         raise CardioInputError(what, f"mask of shape {array.shape} is empty")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise CardioInputError(what, "mask contains NaN or infinite values")
-    return array != 0
+    return array if array.dtype == bool else array != 0
 
 
 def _oriented_image(
     shape: tuple[int, int, int], ijk_to_ras: np.ndarray, mask: np.ndarray | None = None
 ) -> Any:
-    """A vtkOrientedImageData of ``shape`` (I, J, K) on the grid ``ijk_to_ras``, holding ``mask``
-    as uint8 0/1 (or no voxels when ``mask`` is None: geometry only)."""
+    """A vtkOrientedImageData on the grid ``ijk_to_ras`` of ``shape`` (I, J, K): geometry only
+    when ``mask`` is None, else ``mask`` as uint8 0/1 over the box of its set voxels (its extent
+    within the grid, as Slicer keeps segments; a single 0 voxel for an empty mask), which spares
+    copying a whole CT grid for a structure that fills a few percent of it."""
     image = slicer.vtkOrientedImageData()
-    image.SetDimensions(*shape)
     image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
-    if mask is not None:
-        # VTK memory order is I fastest, i.e. a Fortran-order ravel of the (I, J, K) array.
-        voxels = numpy_support.numpy_to_vtk(
-            mask.astype(np.uint8).ravel(order="F"), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR
-        )
-        image.GetPointData().SetScalars(voxels)
+    if mask is None:
+        image.SetDimensions(*shape)
+        return image
+    box = occupied_box(mask) or (slice(0, 1),) * 3
+    image.SetExtent(*(end for axis in box for end in (axis.start, axis.stop - 1)))
+    # VTK memory order is I fastest, i.e. a Fortran-order ravel of the (I, J, K) array.
+    voxels = numpy_support.numpy_to_vtk(
+        mask[box].astype(np.uint8).ravel(order="F"), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR
+    )
+    image.GetPointData().SetScalars(voxels)
     return image

@@ -45,7 +45,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cardiocore.errors import CardioInputError
-from cardiocore.geometry.grid import label_mask
+from cardiocore.geometry.grid import label_mask, occupied_box
 from cardiocore.geometry.intersection import count_self_intersections
 from cardiocore.geometry.mesh import ArrayLike, as_mesh, face_normals, is_closed
 from cardiocore.geometry.sampling import sample_surface
@@ -239,15 +239,14 @@ def is_manifold(faces: ArrayLike) -> bool:
 
 
 def _crop(*masks: np.ndarray) -> tuple[slice, ...]:
-    """Index box of the voxels set in any mask, one voxel wider (surface distances are unchanged)."""
-    union = np.logical_or.reduce(masks)
-    if not union.any():
+    """Index box of the voxels set in any mask, one voxel wider (surface distances are unchanged).
+
+    The union of the masks' own boxes: no element-wise union of whole volumes (the label masks
+    keep a NIfTI volume's Fortran layout, the voxelised meshes are C-ordered)."""
+    boxes = [box for box in (occupied_box(mask, 1) for mask in masks) if box is not None]
+    if not boxes:
         return tuple(slice(0, 1) for _ in range(3))
-    box = []
-    for axis in range(3):
-        present = np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(0, present[0] - 1), present[-1] + 2))
-    return tuple(box)
+    return tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(3))
 
 
 def _surface_violation(
@@ -361,6 +360,7 @@ def evaluate_meshes(
         for name, (v, f) in tensors.items()
     }
 
+    boxes = {name: occupied_box(mask) for name, mask in voxelised.items()}
     rule_list = list(getattr(rules, "rules", rules))
     rule_metrics, skipped = [], []
     for rule in rule_list:
@@ -376,7 +376,9 @@ def evaluate_meshes(
         else:
             vr = float(volume_violation_rate(*mesh_a, *mesh_b, rule.kind, vr_points, generator))
             svr = _surface_violation(mesh_a, mesh_b, rule.kind, svr_points, contact_mm, generator)
-        voxel_vr = mask_violation_rate(voxelised[rule.a], voxelised[rule.b], rule.kind)
+        # Only A's voxels can violate: both masks cropped to A's box give the same rate.
+        box_a = boxes[rule.a] or (slice(0, 0),) * 3
+        voxel_vr = mask_violation_rate(voxelised[rule.a][box_a], voxelised[rule.b][box_a], rule.kind)
         rule_metrics.append(RuleMetrics(rule.kind, rule.a, rule.b, vr, svr, voxel_vr))
     missing = [name for name in label_of if name not in tensors]
     settings = {"vr_points": vr_points, "svr_points": svr_points, "contact_mm": contact_mm, "seed": seed}

@@ -536,7 +536,7 @@ def fit_template(
     generator = torch.Generator().manual_seed(seed)
 
     present = [s.name for s in rules.structures
-               if s.name in template.names and int((array == s.label).sum()) >= min_voxels]
+               if s.name in template.names and np.count_nonzero(array == s.label) >= min_voxels]
     missing = tuple(n for n in rules.names if n not in present)
     if not present:
         found = sorted(int(v) for v in np.unique(array) if v != 0)[:12]

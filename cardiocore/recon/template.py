@@ -34,6 +34,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cardiocore.errors import CardioInputError, MeshError, VolumeError
 from cardiocore.geometry.decimate import quadric_decimate
+from cardiocore.geometry.grid import occupied_box
 from cardiocore.geometry.mesh import is_closed, mesh_edges
 from cardiocore.geometry.surface import surface_from_mask
 from cardiocore.geometry.untangle import untangle
@@ -170,14 +171,12 @@ def crop_and_stride(
     """
     matrix = np.asarray(ijk_to_ras, dtype=np.float64)
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    nonzero = np.nonzero(labels)
-    if nonzero[0].size == 0:
+    box = occupied_box(labels, np.ceil(margin_mm / spacing).astype(int))
+    if box is None:
         raise VolumeError("labels", "has no labelled voxel")
-    margin = np.ceil(margin_mm / spacing).astype(int)
-    low = np.maximum(np.array([n.min() for n in nonzero]) - margin, 0)
-    high = np.minimum(np.array([n.max() for n in nonzero]) + margin + 1, labels.shape)
+    low = np.array([axis.start for axis in box])
     stride = np.maximum(1, np.round(spacing_mm / spacing)).astype(int)
-    cropped = labels[tuple(slice(lo, hi, st) for lo, hi, st in zip(low, high, stride, strict=True))]
+    cropped = labels[tuple(slice(axis.start, axis.stop, st) for axis, st in zip(box, stride, strict=True))]
     new = matrix.copy()
     new[:3, :3] = matrix[:3, :3] * stride
     new[:3, 3] = matrix[:3, :3] @ low + matrix[:3, 3]
