@@ -79,11 +79,14 @@ def test_builder_cli_makes_a_closed_outward_template_and_never_overwrites(tmp_pa
     assert main([*args, "--overwrite"]) == 0
 
 
-def test_fit_reaches_the_dice_targets_on_an_oblique_anisotropic_phantom(oblique_phantom, template) -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_fit_reaches_the_dice_targets_on_an_oblique_anisotropic_phantom(oblique_phantom, template, device) -> None:
+    """On a GPU the fit draws its random numbers there and detects violations with exact
+    winding numbers (no host round trips): other draws, the same targets."""
     rules = RuleSet.default()
     seen: list[int] = []
     result = fit_template(oblique_phantom.labels, oblique_phantom.ijk_to_ras, rules, template, steps=100,
-                          progress=lambda step, total, terms: seen.append(step))
+                          device=device, progress=lambda step, total, terms: seen.append(step))
     assert seen == list(range(1, 101)) and not result.cancelled and result.missing == ()
     scores = {}
     for name, (verts, faces) in zip(result.names, result.meshes(), strict=True):

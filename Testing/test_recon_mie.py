@@ -15,6 +15,7 @@ from cardiocore.recon.mie import (
     mie_loss,
     mie_term,
     sample_query_points,
+    soft_occupancies,
     soft_occupancy,
 )
 from cardiocore.recon.rules import Rule
@@ -52,26 +53,47 @@ def test_soft_occupancy_equals_the_smooth_winding_occupancy_and_its_gradient() -
     assert torch.allclose(mine.grad, reference.grad, atol=1e-9)
 
 
-def test_detection_finds_the_spike_and_nothing_on_separate_spheres() -> None:
+@pytest.mark.parametrize("dense", [False, True])
+def test_detection_finds_the_spike_and_nothing_on_separate_spheres(dense: bool) -> None:
+    """``dense``: exact winding numbers for every candidate (the GPU default) instead of the
+    tree for those near each structure (the CPU default)."""
     verts_a, verts_b, faces, tip = _spiked_pair()
     rule = [Rule("disjoint", "a", "b")]
     generator = torch.Generator().manual_seed(0)
     meshes = [(verts_a, faces), (verts_b, faces)]
     pool, source = candidate_pool(meshes, n_uniform=4096, generator=generator)
-    found = detect_violations(meshes, ["a", "b"], rule, pool, source)
-    assert found.points.shape[0] > 0
+    found = detect_violations(meshes, ["a", "b"], rule, pool, source, dense=dense)
+    assert found.points.shape[0] > 0 and bool((found.rule_index == 0).all())
     assert bool(((found.points - B_CENTRE.double()).norm(dim=1) < RADIUS).all())  # all inside B
     assert bool((found.points[:, 0] > B_CENTRE[0] - RADIUS).all())  # and in the spike's reach
+    in_a = occupancy(pool, verts_a, faces, method="exact") | (source == 0)
+    assert float(found.pool_rates[0]) == pytest.approx(found.points.shape[0] / int(in_a.sum()), rel=0.05)
 
     apart = [(_sphere(torch.zeros(3))[0], faces), (_sphere(torch.tensor([25.0, 0.0, 0.0]))[0], faces)]
     pool, source = candidate_pool(apart, generator=generator)
-    none = detect_violations(apart, ["a", "b"], rule, pool, source)
+    none = detect_violations(apart, ["a", "b"], rule, pool, source, dense=dense)
     assert none.points.shape[0] == 0
     low, high = bounding_box(apart)
     query, is_violation = sample_query_points(none, low, high, 512, 0.2, generator)
     assert query.shape == (512, 3) and not bool(is_violation.any())  # all uniform: nothing violates
     loss = mie_loss(apart, ["a", "b"], rule, query, smoothing=1.0)
     assert float(loss) < 1e-3
+
+
+def test_soft_occupancies_of_every_point_equal_those_of_the_near_ones() -> None:
+    """The GPU default (every point evaluated, the far ones zeroed) gives the CPU default's
+    values and gradients."""
+    verts_a, verts_b, faces, _ = _spiked_pair()
+    points = 20.0 * torch.randn(300, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    results = []
+    for every_point in (False, True):
+        a, b = verts_a.clone().requires_grad_(), verts_b.clone().requires_grad_()
+        occ = soft_occupancies(points, [(a, faces), (b, faces)], {0, 1}, 1.0, every_point=every_point)
+        (occ[0] * occ[1]).sum().backward()
+        results.append((occ[0].detach(), occ[1].detach(), a.grad, b.grad))
+    assert int((results[0][1] == 0).sum()) > 50  # some points are far from B and get exactly 0
+    for near_only, every in zip(*results, strict=True):
+        assert torch.allclose(near_only, every, rtol=0, atol=1e-12)
 
 
 def test_query_points_take_the_violation_fraction_from_the_violations() -> None:

@@ -59,6 +59,7 @@ from cardiocore.errors import CardioInputError, VolumeError
 from cardiocore.geometry.mesh import edge_index, face_normals
 from cardiocore.geometry.grid import checked_matrix
 from cardiocore.geometry.surface import contour_points_on_slices, surface_from_mask
+from cardiocore.metrics.distance import chamfer_distance, nearest_neighbour_distance
 from cardiocore.recon.mie import (
     Violations,
     bounding_box,
@@ -149,7 +150,11 @@ class _SurfaceTarget:
         self.one_sided = one_sided
 
     def chamfer(self, verts: torch.Tensor) -> torch.Tensor:
-        moving = verts.detach().cpu().numpy()
+        if verts.device.type != "cpu":  # brute force on the device: no KD-tree, no host round trip
+            if self.one_sided:
+                return nearest_neighbour_distance(self.points, verts).mean()
+            return chamfer_distance(verts, self.points)
+        moving = verts.detach().numpy()
         to_verts = torch.as_tensor(cKDTree(moving).query(self.points.cpu().numpy())[1], device=verts.device)
         if self.one_sided:
             return (self.points - verts[to_verts]).norm(dim=1).mean()
@@ -189,6 +194,7 @@ class _Target:
     """The label map on the working grid, as tensors for sampling in RAS mm."""
 
     labels: torch.Tensor  # (I, J, K) int64 structure index, -1 background/unknown
+    shape: torch.Tensor  # (3,) int64, the labels' shape on their device
     matrix: torch.Tensor  # (4, 4) IJK -> RAS
     inverse: torch.Tensor  # (4, 4) RAS -> IJK
     band: list[torch.Tensor] = field(default_factory=list)  # per structure, voxel indices (M_s, 3)
@@ -210,12 +216,10 @@ class _Target:
     def label_at(self, points: torch.Tensor) -> torch.Tensor:
         """Structure index (N,) int64 (-1 background or outside the grid) at points (N, 3) mm."""
         ijk = torch.round(points.detach() @ self.inverse[:3, :3].T + self.inverse[:3, 3]).long()
-        shape = torch.tensor(self.labels.shape, device=ijk.device)
-        inside = ((ijk >= 0) & (ijk < shape)).all(dim=1)
-        out = torch.full((points.shape[0],), -1, dtype=torch.int64, device=points.device)
-        idx = ijk[inside]
-        out[inside] = self.labels[idx[:, 0], idx[:, 1], idx[:, 2]]
-        return out
+        inside = ((ijk >= 0) & (ijk < self.shape)).all(dim=1)
+        # Clamped lookups masked afterwards rather than boolean indexing, which waits for a GPU.
+        idx = torch.minimum(ijk.clamp(min=0), self.shape - 1)
+        return torch.where(inside, self.labels[idx[:, 0], idx[:, 1], idx[:, 2]], -1)
 
     def onto_slices(self, points: torch.Tensor) -> torch.Tensor:
         """Points (N, 3) mm moved along the slice axis onto the nearest imaged slice (the first
@@ -267,6 +271,7 @@ def _prepare_target(
     voxel_mm3 = abs(float(np.linalg.det(matrix[:3, :3])))
     target = _Target(
         labels=torch.as_tensor(index, device=device),
+        shape=torch.tensor(index.shape, dtype=torch.int64, device=device),
         matrix=torch.as_tensor(matrix, dtype=torch.float32, device=device),
         inverse=torch.as_tensor(np.linalg.inv(matrix), dtype=torch.float32, device=device),
         slice_axis=slice_axis,
@@ -439,16 +444,17 @@ def _sample_occupancy_points(
     band = target.band[s]
     n_band, n_near = (n // 2 if band.shape[0] else 0), n // 4
     n_box = n - n_band - n_near
-    pick = torch.randint(0, max(band.shape[0], 1), (n_band,), generator=generator).to(device)
-    jitter = torch.rand(n_band, 3, generator=generator).to(device) - 0.5
+    drawn_on = generator.device
+    pick = torch.randint(0, max(band.shape[0], 1), (n_band,), generator=generator, device=drawn_on).to(device)
+    jitter = torch.rand(n_band, 3, generator=generator, device=drawn_on).to(device) - 0.5
     band_points = target.to_world(band[pick] + jitter)
-    near_pick = torch.randint(0, verts.shape[0], (n_near,), generator=generator).to(device)
-    near = verts.detach()[near_pick] + noise_mm * torch.randn(n_near, 3, generator=generator).to(device)
+    near_pick = torch.randint(0, verts.shape[0], (n_near,), generator=generator, device=drawn_on).to(device)
+    near = verts.detach()[near_pick] + noise_mm * torch.randn(n_near, 3, generator=generator, device=drawn_on).to(device)
     low, high = verts.detach().amin(dim=0), verts.detach().amax(dim=0)
     if target.low[s] is not None:
         low, high = torch.minimum(target.low[s], low), torch.maximum(target.high[s], high)
     low, high = low - 5.0, high + 5.0
-    box = low + torch.rand(n_box, 3, generator=generator).to(device) * (high - low)
+    box = low + torch.rand(n_box, 3, generator=generator, device=drawn_on).to(device) * (high - low)
     return torch.cat([band_points, near, box])
 
 
@@ -597,6 +603,9 @@ def fit_template(
         moved = (placed - centre) @ (torch.eye(3, device=device) + linear).T + centre + shift
         return moved + torch.cat([lp @ z for lp, z in zip(low_pass, coarse.split(sizes), strict=True)])
 
+    # The loop draws its random numbers on the device (a generator there, seeded alike): drawn on
+    # the CPU, each copy to a GPU would wait for it. On a CPU this is the same generator.
+    step_generator = generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     losses: dict[str, list[float]] = {k: [] for k in ("occupancy", "surface", "mie", "laplacian", "normal", "total")}
     violations: Violations | None = None
     cancelled = False
@@ -615,7 +624,7 @@ def fit_template(
                     if not view.known[s]:
                         continue
                     points = view.onto_slices(
-                        _sample_occupancy_points(view, s, v, n_points, 1.5 * voxel_mm, generator))
+                        _sample_occupancy_points(view, s, v, n_points, 1.5 * voxel_mm, step_generator))
                     truth = (view.label_at(points) == s).to(v.dtype)
                     soft = soft_occupancy(points, v, f, smoothing[s])
                     bce.append(torch.nn.functional.binary_cross_entropy(soft.clamp(_BCE_EPS, 1 - _BCE_EPS), truth))
@@ -626,11 +635,11 @@ def fit_template(
             terms["surface"] = weights.surface * torch.stack(chamfer).mean()
         if use_mie and rules.rules:
             if violations is None or step % mie_refresh == 0:
-                pool, source = candidate_pool(meshes, generator=generator)
+                pool, source = candidate_pool(meshes, generator=step_generator)
                 violations = detect_violations(meshes, names, rules.rules, pool, source)
             low, high = bounding_box(meshes)
             query, is_violation = sample_query_points(violations, low, high, mie_points,
-                                                      weights.violation_fraction, generator)
+                                                      weights.violation_fraction, step_generator)
             ramp = max(0.0, (step - n_coarse) / max(steps - 1 - n_coarse, 1))
             mie_weight = weights.mie + ramp * (weights.mie_final - weights.mie)
             # Off the slices of a thick-slice stack nothing is labelled: the relational term alone.
@@ -648,7 +657,8 @@ def fit_template(
         total.backward()
         optimiser.step()
         schedule.step()
-        record = {k: float(v.detach()) for k, v in terms.items()} | {"total": float(total.detach())}
+        values = torch.stack([*terms.values(), total]).detach().tolist()  # one host round trip
+        record = dict(zip([*terms, "total"], values, strict=True))
         for key in losses:
             losses[key].append(record.get(key, math.nan))
         if progress is not None:
