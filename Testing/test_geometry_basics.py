@@ -33,6 +33,7 @@ from cardiocore.geometry.mesh import (
 from cardiocore.geometry.primitives import box_mesh, icosphere, torus
 from cardiocore.geometry.sampling import sample_surface
 from cardiocore.geometry.surface import contour_points_on_slices, surface_from_mask
+from cardiocore.geometry.value_checks import values_checked, values_trusted
 from cardiocore.geometry.volume import cavity_volume_ml, close_boundary, enclosed_volume
 
 
@@ -176,6 +177,22 @@ def test_as_mesh_rejects_bad_input_naming_the_mesh(case: str) -> None:
         as_mesh(verts, faces, name="left ventricle")
     assert "left ventricle" in str(error.value)
     assert problem in str(error.value)
+
+
+def test_value_checks_are_skipped_only_inside_values_trusted() -> None:
+    """Inside the block the value checks (which wait for a GPU) are off, shape checks still run,
+    and they are back on after it, also when the block raised."""
+    nan_verts, faces, _ = BAD_MESHES["NaN"]
+    with values_trusted():
+        verts, _ = as_mesh(nan_verts, faces)
+        assert torch.isnan(verts).any()
+        with pytest.raises(MeshError, match="no faces"):
+            as_mesh(np.eye(3), np.zeros((0, 3), dtype=np.int64))
+    with pytest.raises(MeshError, match="NaN"):
+        as_mesh(nan_verts, faces)
+    with pytest.raises(RuntimeError), values_trusted():
+        raise RuntimeError("leaves the block")
+    assert values_checked()
 
 
 def test_as_mesh_converts_numpy_and_keeps_gradients() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cardiocore.errors import MeshError
+from cardiocore.geometry.value_checks import values_checked
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -32,7 +33,8 @@ def as_mesh(
 
     Raises:
         MeshError: empty vertices or faces, wrong shapes (e.g. quads), non-integer faces,
-            NaN/inf coordinates, indices outside [0, V), or faces repeating a vertex.
+            NaN/inf coordinates, indices outside [0, V), or faces repeating a vertex (these
+            last three not inside :func:`cardiocore.geometry.value_checks.values_trusted`).
     """
     verts_t = torch.as_tensor(verts)
     if not torch.is_floating_point(verts_t):
@@ -56,27 +58,30 @@ def as_mesh(
         raise MeshError(name, "has no vertices")
     if faces_t.shape[0] == 0:
         raise MeshError(name, "has no faces")
-    if not bool(torch.isfinite(verts_t.detach()).all()):
+    if values_checked():
+        _check_mesh_values(verts_t, faces_t, name)
+    return verts_t, faces_t
+
+
+def _check_mesh_values(verts: torch.Tensor, faces: torch.Tensor, name: str) -> None:
+    """Raise MeshError for NaN/inf coordinates, face indices outside [0, V) or faces repeating a vertex."""
+    n_verts = verts.shape[-2]
+    if not bool(torch.isfinite(verts.detach()).all()):
         raise MeshError(name, "has NaN or infinite vertex coordinates")
-    low, high = int(faces_t.min()), int(faces_t.max())
+    low, high = int(faces.min()), int(faces.max())
     if low < 0 or high >= n_verts:
         raise MeshError(
             name, f"face indices span [{low}, {high}] but there are only {n_verts} vertices"
         )
-    repeats = (
-        (faces_t[:, 0] == faces_t[:, 1])
-        | (faces_t[:, 1] == faces_t[:, 2])
-        | (faces_t[:, 2] == faces_t[:, 0])
-    )
+    repeats = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 2] == faces[:, 0])
     if bool(repeats.any()):
         first = int(repeats.nonzero()[0, 0])
         raise MeshError(
             name,
             f"{int(repeats.sum())} degenerate faces repeat a vertex (first: face {first} = "
-            f"{faces_t[first].tolist()})",
+            f"{faces[first].tolist()})",
             "remove collapsed triangles before use",
         )
-    return verts_t, faces_t
 
 
 def _as_faces(faces: ArrayLike, name: str = "faces") -> torch.Tensor:

@@ -44,6 +44,7 @@ map's IJK-to-RAS matrix, so oblique and anisotropic grids need no special case.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -59,6 +60,7 @@ from cardiocore.errors import CardioInputError, VolumeError
 from cardiocore.geometry.mesh import edge_index, face_normals
 from cardiocore.geometry.grid import checked_matrix
 from cardiocore.geometry.surface import contour_points_on_slices, surface_from_mask
+from cardiocore.geometry.value_checks import values_trusted
 from cardiocore.metrics.distance import chamfer_distance, nearest_neighbour_distance
 from cardiocore.recon.mie import (
     Violations,
@@ -149,11 +151,13 @@ class _SurfaceTarget:
         self.tree = cKDTree(points.cpu().numpy())
         self.one_sided = one_sided
 
-    def chamfer(self, verts: torch.Tensor) -> torch.Tensor:
-        if verts.device.type != "cpu":  # brute force on the device: no KD-tree, no host round trip
+    def chamfer(self, verts: torch.Tensor, brute: bool) -> torch.Tensor:
+        """The Chamfer term (mm) of ``verts`` (V, 3); ``brute``: every pair on the vertices'
+        device (no KD-tree, no host round trip) rather than KD-trees on the CPU."""
+        if brute:
             if self.one_sided:
-                return nearest_neighbour_distance(self.points, verts).mean()
-            return chamfer_distance(verts, self.points)
+                return nearest_neighbour_distance(self.points, verts, method="brute").mean()
+            return chamfer_distance(verts, self.points, method="brute")
         moving = verts.detach().numpy()
         to_verts = torch.as_tensor(cKDTree(moving).query(self.points.cpu().numpy())[1], device=verts.device)
         if self.one_sided:
@@ -162,6 +166,18 @@ class _SurfaceTarget:
         d_vt = (verts - self.points[to_target]).norm(dim=1).mean()
         d_tv = (self.points - verts[to_verts]).norm(dim=1).mean()
         return 0.5 * (d_vt + d_tv)
+
+
+def _occupancy_bce(soft: torch.Tensor, truth: torch.Tensor, written_out: bool) -> torch.Tensor:
+    """Mean binary cross-entropy of soft occupancies (N,) clamped to [eps, 1 - eps] against
+    ``truth`` (N,) in {0, 1}. ``written_out``: the formula in plain operations, because torch's
+    BCE asserts that its input lies in [0, 1], which on a GPU is a device-side assert that a NaN
+    (a fit gone wrong) trips, ending the process's use of the device instead of reaching the
+    fit's finite-loss check; torch's BCE otherwise (the same values up to rounding)."""
+    clamped = soft.clamp(_BCE_EPS, 1 - _BCE_EPS)
+    if written_out:
+        return -(truth * clamped.log() + (1.0 - truth) * (1.0 - clamped).log()).mean()
+    return torch.nn.functional.binary_cross_entropy(clamped, truth)
 
 
 def _adjacent_face_pairs(faces: torch.Tensor) -> torch.Tensor:
@@ -484,6 +500,7 @@ def fit_template(
     mie_sharpening: float = 0.5,
     thick_slices: bool | None = None,
     views: Sequence[FitView | tuple[np.ndarray, np.ndarray]] = (),
+    dense: bool | None = None,
 ) -> FitResult:
     """Deform ``template`` to the label map ``labels`` (see the module docstring).
 
@@ -522,13 +539,21 @@ def fit_template(
             ``labels`` that they annotate (the initialisation, the MIE labels and the missing
             list come from ``labels`` alone); an annotated structure a view does not show is
             background on its planes, one it does not annotate is unknown there.
+        dense: evaluate every point and candidate by brute force (Chamfer pairs, occupancy of
+            far points, exact winding numbers of the violation candidates) instead of picking
+            the near ones with KD-trees, boxes and masks, and skip the value checks of the
+            meshes inside the loop (:func:`cardiocore.geometry.value_checks.values_trusted`;
+            a loss that is not finite stops the fit instead): the loop then never waits for
+            the device but to record the losses and once per violation search. None: on a
+            non-CPU device. The same fit up to the order of floating-point sums.
 
     Returns:
         :class:`FitResult` with one closed mesh per present structure in RAS mm.
 
     Raises:
         VolumeError: a label map that is not 3-D or a bad matrix. CardioInputError: no
-            structure of the rule set present in both labels and template; bad arguments.
+            structure of the rule set present in both labels and template; bad arguments; a
+            loss that is not finite (labels and template that cannot be fitted).
     """
     t_start = time.perf_counter()
     weights = weights or FitWeights()
@@ -539,6 +564,7 @@ def fit_template(
                                "keep at least one data term")
     array, matrix = _checked_label_map(labels, ijk_to_ras, "labels")
     device = torch.device(device)
+    dense = device.type != "cpu" if dense is None else dense
     generator = torch.Generator().manual_seed(seed)
 
     present = [s.name for s in rules.structures
@@ -613,45 +639,46 @@ def fit_template(
         if should_stop is not None and should_stop():
             cancelled = True
             break
-        verts = coarse_verts() + fine if step >= n_coarse else coarse_verts()
-        meshes = list(zip(verts.split(sizes), faces, strict=True))
-        terms: dict[str, torch.Tensor] = {}
-        if use_occupancy:
-            bce = []
-            for view, n_points in ((target, points_per_structure),
-                                   *((t, points_per_structure // 2) for t in view_targets)):
-                for s, (v, f) in enumerate(meshes):
-                    if not view.known[s]:
-                        continue
-                    points = view.onto_slices(
-                        _sample_occupancy_points(view, s, v, n_points, 1.5 * voxel_mm, step_generator))
-                    truth = (view.label_at(points) == s).to(v.dtype)
-                    soft = soft_occupancy(points, v, f, smoothing[s])
-                    bce.append(torch.nn.functional.binary_cross_entropy(soft.clamp(_BCE_EPS, 1 - _BCE_EPS), truth))
-            terms["occupancy"] = weights.occupancy * torch.stack(bce).mean()
-        if use_surface:
-            chamfer = [view.surface[s].chamfer(v) for view in (target, *view_targets)
-                       for s, (v, _) in enumerate(meshes) if view.surface[s] is not None]
-            terms["surface"] = weights.surface * torch.stack(chamfer).mean()
-        if use_mie and rules.rules:
-            if violations is None or step % mie_refresh == 0:
-                pool, source = candidate_pool(meshes, generator=step_generator)
-                violations = detect_violations(meshes, names, rules.rules, pool, source)
-            low, high = bounding_box(meshes)
-            query, is_violation = sample_query_points(violations, low, high, mie_points,
-                                                      weights.violation_fraction, step_generator)
-            ramp = max(0.0, (step - n_coarse) / max(steps - 1 - n_coarse, 1))
-            mie_weight = weights.mie + ramp * (weights.mie_final - weights.mie)
-            # Off the slices of a thick-slice stack nothing is labelled: the relational term alone.
-            query_labels = target.label_at(query) if slice_axis is None else None
-            terms["mie"] = mie_weight * mie_loss(meshes, names, rules.rules, query, query_labels,
-                                                 mie_smoothing, is_violation=is_violation)
-        displacement = verts - placed
-        curvature = displacement - torch.sparse.mm(averaging, displacement)
-        terms["laplacian"] = weights.laplacian * curvature.pow(2).sum(dim=1).mean()
-        normals = face_normals(verts, merged_faces)
-        cosines = (normals[face_pairs[:, 0]] * normals[face_pairs[:, 1]]).sum(dim=1)
-        terms["normal"] = weights.normal * (1.0 - cosines).mean()
+        with values_trusted() if dense else contextlib.nullcontext():
+            verts = coarse_verts() + fine if step >= n_coarse else coarse_verts()
+            meshes = list(zip(verts.split(sizes), faces, strict=True))
+            terms: dict[str, torch.Tensor] = {}
+            if use_occupancy:
+                bce = []
+                for view, n_points in ((target, points_per_structure),
+                                       *((t, points_per_structure // 2) for t in view_targets)):
+                    for s, (v, f) in enumerate(meshes):
+                        if not view.known[s]:
+                            continue
+                        points = view.onto_slices(
+                            _sample_occupancy_points(view, s, v, n_points, 1.5 * voxel_mm, step_generator))
+                        truth = (view.label_at(points) == s).to(v.dtype)
+                        soft = soft_occupancy(points, v, f, smoothing[s])
+                        bce.append(_occupancy_bce(soft, truth, written_out=dense))
+                terms["occupancy"] = weights.occupancy * torch.stack(bce).mean()
+            if use_surface:
+                chamfer = [view.surface[s].chamfer(v, brute=dense) for view in (target, *view_targets)
+                           for s, (v, _) in enumerate(meshes) if view.surface[s] is not None]
+                terms["surface"] = weights.surface * torch.stack(chamfer).mean()
+            if use_mie and rules.rules:
+                if violations is None or step % mie_refresh == 0:
+                    pool, source = candidate_pool(meshes, generator=step_generator)
+                    violations = detect_violations(meshes, names, rules.rules, pool, source, dense=dense)
+                low, high = bounding_box(meshes)
+                query, is_violation = sample_query_points(violations, low, high, mie_points,
+                                                          weights.violation_fraction, step_generator)
+                ramp = max(0.0, (step - n_coarse) / max(steps - 1 - n_coarse, 1))
+                mie_weight = weights.mie + ramp * (weights.mie_final - weights.mie)
+                # Off the slices of a thick-slice stack nothing is labelled: the relational term alone.
+                query_labels = target.label_at(query) if slice_axis is None else None
+                terms["mie"] = mie_weight * mie_loss(meshes, names, rules.rules, query, query_labels,
+                                                     mie_smoothing, is_violation=is_violation, every_point=dense)
+            displacement = verts - placed
+            curvature = displacement - torch.sparse.mm(averaging, displacement)
+            terms["laplacian"] = weights.laplacian * curvature.pow(2).sum(dim=1).mean()
+            normals = face_normals(verts, merged_faces)
+            cosines = (normals[face_pairs[:, 0]] * normals[face_pairs[:, 1]]).sum(dim=1)
+            terms["normal"] = weights.normal * (1.0 - cosines).mean()
         total = torch.stack(list(terms.values())).sum()
         optimiser.zero_grad(set_to_none=True)
         total.backward()
@@ -659,6 +686,9 @@ def fit_template(
         schedule.step()
         values = torch.stack([*terms.values(), total]).detach().tolist()  # one host round trip
         record = dict(zip([*terms, "total"], values, strict=True))
+        if not math.isfinite(record["total"]):
+            raise CardioInputError("labels", f"the fit's loss is not finite at step {step + 1}: {record}",
+                                   "check that the label map and the template describe a heart of a sensible size")
         for key in losses:
             losses[key].append(record.get(key, math.nan))
         if progress is not None:

@@ -320,6 +320,7 @@ def mie_loss(
     smoothing: float | Sequence[float] | None = None,
     sharpness: float = DEFAULT_SHARPNESS,
     is_violation: torch.Tensor | None = None,
+    every_point: bool | None = None,
 ) -> torch.Tensor:
     """The MIE loss at query points (formula in the module docstring).
 
@@ -334,6 +335,7 @@ def mie_loss(
         smoothing, sharpness: of the soft occupancy (see :func:`soft_occupancies`).
         is_violation: (N,) bool, the points drawn from violations (see
             :func:`sample_query_points`); with labels they only push (no pull term).
+        every_point: as in :func:`soft_occupancies`.
 
     Returns:
         Scalar tensor (0 when there is no rule), differentiable w.r.t. the vertices.
@@ -344,7 +346,7 @@ def mie_loss(
     if point_labels is not None and point_labels.shape != points.shape[:1]:
         raise CardioInputError("point_labels", f"must have shape ({points.shape[0]},), got {tuple(point_labels.shape)}")
     needed = {a for _, a, _ in indexed} | {b for _, _, b in indexed}
-    occ = soft_occupancies(points, meshes, needed, smoothing, sharpness)
+    occ = soft_occupancies(points, meshes, needed, smoothing, sharpness, every_point)
     if point_labels is not None:
         # Target occupancy of s: the point is labelled s, or a structure that lies inside s.
         terms = []
