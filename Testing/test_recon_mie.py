@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cardiocore.errors import CardioInputError
+
 from cardiocore.geometry.primitives import icosphere
 from cardiocore.geometry.winding import occupancy
 from cardiocore.recon.mie import (
@@ -17,6 +19,7 @@ from cardiocore.recon.mie import (
     sample_query_points,
     soft_occupancies,
     soft_occupancy,
+    soft_occupancy_batch,
 )
 from cardiocore.recon.rules import Rule
 
@@ -94,6 +97,29 @@ def test_soft_occupancies_of_every_point_equal_those_of_the_near_ones() -> None:
     assert int((results[0][1] == 0).sum()) > 50  # some points are far from B and get exactly 0
     for near_only, every in zip(*results, strict=True):
         assert torch.allclose(near_only, every, rtol=0, atol=1e-12)
+
+
+def test_a_batch_of_meshes_of_different_sizes_gives_each_mesh_its_own_occupancy() -> None:
+    """Padding a smaller mesh with zero-area faces changes neither its values nor its gradient."""
+    meshes = [icosphere(1, radius=10.0, center=(0.0, 0.0, 0.0)), icosphere(3, radius=15.0, center=(8.0, 0.0, 0.0)),
+              icosphere(2, radius=6.0, center=(0.0, 9.0, 0.0))]
+    points = 12.0 * torch.randn(3, 200, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    smoothing = [1.0, 0.5, 2.0]
+    results = []
+    for batched in (False, True):
+        verts = [v.double().requires_grad_() for v, _ in meshes]
+        pairs = [(v, f) for v, (_, f) in zip(verts, meshes, strict=True)]
+        if batched:
+            occ = soft_occupancy_batch(points, pairs, smoothing)
+        else:
+            occ = torch.stack([soft_occupancy(points[b], *pairs[b], smoothing[b]) for b in range(3)])
+        (occ * torch.linspace(-1.0, 1.0, 200, dtype=torch.float64)).sum().backward()
+        results.append((occ.detach(), *(v.grad for v in verts)))
+    assert 0.1 < float(results[0][0].mean()) < 0.9  # points inside and outside
+    for one_by_one, batch in zip(*results, strict=True):
+        assert torch.allclose(one_by_one, batch, rtol=0, atol=1e-10)
+    with pytest.raises(CardioInputError, match="one positive smoothing length per mesh"):
+        soft_occupancy_batch(points, [(v.double(), f) for v, f in meshes], [1.0, 0.0, 1.0])
 
 
 def test_query_points_take_the_violation_fraction_from_the_violations() -> None:

@@ -70,6 +70,7 @@ from cardiocore.recon.mie import (
     mie_loss,
     sample_query_points,
     soft_occupancy,
+    soft_occupancy_batch,
 )
 from cardiocore.recon.resolve import ResolveReport, resolve_meshes
 from cardiocore.recon.rules import RuleSet
@@ -169,14 +170,14 @@ class _SurfaceTarget:
 
 
 def _occupancy_bce(soft: torch.Tensor, truth: torch.Tensor, written_out: bool) -> torch.Tensor:
-    """Mean binary cross-entropy of soft occupancies (N,) clamped to [eps, 1 - eps] against
-    ``truth`` (N,) in {0, 1}. ``written_out``: the formula in plain operations, because torch's
+    """Mean binary cross-entropy of soft occupancies (..., N) clamped to [eps, 1 - eps] against
+    ``truth`` (..., N) in {0, 1}, (...): over the last dimension (over all, when not written out). ``written_out``: the formula in plain operations, because torch's
     BCE asserts that its input lies in [0, 1], which on a GPU is a device-side assert that a NaN
     (a fit gone wrong) trips, ending the process's use of the device instead of reaching the
     fit's finite-loss check; torch's BCE otherwise (the same values up to rounding)."""
     clamped = soft.clamp(_BCE_EPS, 1 - _BCE_EPS)
     if written_out:
-        return -(truth * clamped.log() + (1.0 - truth) * (1.0 - clamped).log()).mean()
+        return -(truth * clamped.log() + (1.0 - truth) * (1.0 - clamped).log()).mean(dim=-1)
     return torch.nn.functional.binary_cross_entropy(clamped, truth)
 
 
@@ -632,6 +633,11 @@ def fit_template(
     # The loop draws its random numbers on the device (a generator there, seeded alike): drawn on
     # the CPU, each copy to a GPU would wait for it. On a CPU this is the same generator.
     step_generator = generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
+    # Per label map: occupancy points per structure, the structures it annotates and their indices (S_known, 1).
+    occupancy_views = [(view, n_points, known, torch.tensor(known, device=device)[:, None])
+                       for view, n_points in ((target, points_per_structure),
+                                              *((t, points_per_structure // 2) for t in view_targets))
+                       if (known := [s for s in range(len(names)) if view.known[s]])]
     losses: dict[str, list[float]] = {k: [] for k in ("occupancy", "surface", "mie", "laplacian", "normal", "total")}
     violations: Violations | None = None
     cancelled = False
@@ -644,18 +650,21 @@ def fit_template(
             meshes = list(zip(verts.split(sizes), faces, strict=True))
             terms: dict[str, torch.Tensor] = {}
             if use_occupancy:
-                bce = []
-                for view, n_points in ((target, points_per_structure),
-                                       *((t, points_per_structure // 2) for t in view_targets)):
-                    for s, (v, f) in enumerate(meshes):
-                        if not view.known[s]:
-                            continue
-                        points = view.onto_slices(
-                            _sample_occupancy_points(view, s, v, n_points, 1.5 * voxel_mm, step_generator))
-                        truth = (view.label_at(points) == s).to(v.dtype)
-                        soft = soft_occupancy(points, v, f, smoothing[s])
-                        bce.append(_occupancy_bce(soft, truth, written_out=dense))
-                terms["occupancy"] = weights.occupancy * torch.stack(bce).mean()
+                bce = []  # per view, (S_known,): each structure's mean BCE
+                for view, n_points, known, index in occupancy_views:
+                    points = view.onto_slices(torch.cat([
+                        _sample_occupancy_points(view, s, meshes[s][0], n_points, 1.5 * voxel_mm, step_generator)
+                        for s in known])).reshape(len(known), n_points, 3)
+                    truth = view.label_at(points.reshape(-1, 3)).reshape(len(known), n_points)
+                    if dense:  # all the structures in one batched evaluation
+                        soft = soft_occupancy_batch(points, [meshes[s] for s in known], [smoothing[s] for s in known])
+                        bce.append(_occupancy_bce(soft, (truth == index).to(soft.dtype), written_out=True))
+                    else:
+                        bce.append(torch.stack([
+                            _occupancy_bce(soft_occupancy(points[i], *meshes[s], smoothing[s]),
+                                           (truth[i] == s).to(meshes[s][0].dtype), written_out=False)
+                            for i, s in enumerate(known)]))
+                terms["occupancy"] = weights.occupancy * torch.cat(bce).mean()
             if use_surface:
                 chamfer = [view.surface[s].chamfer(v, brute=dense) for view in (target, *view_targets)
                            for s, (v, _) in enumerate(meshes) if view.surface[s] is not None]
