@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cardiocore.bench.chamfer import bench_chamfer, bench_memory_scaling, bench_pairwise
+from cardiocore.bench.dispatch import DispatchCounter
 from cardiocore.bench.measure import measure_methods, median_seconds, peak_memory_mb
 from cardiocore.errors import CardioInputError
 
@@ -96,3 +97,23 @@ def test_brute_force_memory_grows_linearly_and_dense_quadratically() -> None:
     brute_ratio, dense_ratio = growth("ours (brute force)"), growth("dense torch.cdist")
     assert 1.6 < brute_ratio < 2.5  # chunk x n block: doubling n doubles it
     assert dense_ratio > 3.2  # n x n matrix: doubling n quadruples it
+
+
+def _reads_back(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Two operations that wait for a GPU: a value read back and boolean-mask indexing."""
+    if bool((values > 0).any()):
+        return values[mask] * 2.0
+    return values
+
+
+def test_the_dispatch_counter_finds_the_waits_of_the_code_it_is_asked_about() -> None:
+    values, mask = torch.arange(6.0), torch.tensor([True, False] * 3)
+    with DispatchCounter(package="Testing") as counter:
+        _reads_back(values, mask)
+        values.view(2, 3).sum()  # a view and a launch, no wait
+    assert [w.split(" in ")[0] for w in counter.waits] == ["aten._local_scalar_dense.default", "aten.index.Tensor"]
+    assert all("_reads_back" in w for w in counter.waits)
+    assert counter.dispatches == counter.launches + 1 and counter.by_op["aten.sum.default"] == 1
+    with DispatchCounter() as elsewhere:  # the default package is cardiocore: this file's waits are not its own
+        _reads_back(values, mask)
+    assert elsewhere.waits == [] and elsewhere.launches > 0

@@ -4,14 +4,12 @@ planted penetration removed by MIE)."""
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from cardiocore.bench.dispatch import DispatchCounter
 from cardiocore.errors import CardioInputError
 from cardiocore.geometry.mesh import is_closed, vertex_normals
 from cardiocore.geometry.volume import enclosed_volume
@@ -250,50 +248,20 @@ def test_fit_errors_and_cancel(template: HeartTemplate) -> None:
     assert all(is_closed(f) for f in result.faces)
 
 
-class _HostWaits(TorchDispatchMode):
-    """Records the operations called from the project's code that on a GPU wait for the device
-    to finish: reading a value back (``.item()``, ``bool()``, ``int()``), ``nonzero``, ``unique``
-    and indexing with a boolean mask (all have data-dependent results). On the CPU they dispatch
-    the same aten operations, so this counts a GPU's waits without a GPU."""
-
-    WAITING = frozenset({"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default",
-                         "aten._unique2.default", "aten.unique_consecutive.default", "aten.unique_dim.default",
-                         "aten.repeat_interleave.Tensor"})
-    # Frames between the caller and this mode: torch's Python wrappers and dispatch machinery.
-    MACHINERY = ("torch/utils/_python_dispatch.py", "torch/_ops.py", "torch/_tensor.py", "torch/functional.py",
-                 "torch/overrides.py", "torch/_dynamo/eval_frame.py", "torch/_compile.py")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waits: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func)
-        masked = name.startswith(("aten.index.", "aten.index_put")) and any(
-            i is not None and i.dtype == torch.bool for i in args[1])
-        if name in self.WAITING or masked:
-            frame = sys._getframe(1)
-            while frame is not None and frame.f_code.co_filename.endswith(self.MACHINERY):
-                frame = frame.f_back
-            if frame is not None and "cardiocore" in frame.f_code.co_filename:
-                self.waits.append(f"{name} in {frame.f_code.co_name}:{frame.f_lineno}")
-        return func(*args, **(kwargs or {}))
-
-
 def test_a_dense_fit_waits_for_the_device_only_to_search_violations(oblique_phantom, template) -> None:
     """``dense`` (the default on a GPU) is exercised on the CPU: after the first step, the loop
     waits for the device nowhere but at the violation search every ``mie_refresh`` steps (its
     one ``nonzero``); the loss record's single transfer is not an aten operation on the CPU."""
-    waits = _HostWaits()
+    counter = DispatchCounter()
     at_step: list[int] = []
-    with waits:
+    with counter:
         result = fit_template(oblique_phantom.labels, oblique_phantom.ijk_to_ras, RuleSet.default(), template,
                               steps=12, mie_refresh=5, resolve=False, dense=True,
-                              progress=lambda step, total, terms: at_step.append(len(waits.waits)))
+                              progress=lambda step, total, terms: at_step.append(len(counter.waits)))
     assert at_step[0] > 0  # the preparation's checks were seen, so the detector works
     per_step = np.diff(at_step).tolist()  # steps 2 .. 12 (indices 1 .. 11)
-    assert per_step == [0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0], waits.waits[at_step[0]:]
-    assert all("detect_violations" in w for w in waits.waits[at_step[0]:])
+    assert per_step == [0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0], counter.waits[at_step[0]:]
+    assert all("detect_violations" in w for w in counter.waits[at_step[0]:])
     assert np.isfinite(result.losses["total"]).all()
 
 
