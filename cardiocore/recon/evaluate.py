@@ -238,12 +238,13 @@ def is_manifold(faces: ArrayLike) -> bool:
     return bool(n_fans == np.unique(vertex_of_corner).shape[0])
 
 
-def _crop(*masks: np.ndarray) -> tuple[slice, ...]:
-    """Index box of the voxels set in any mask, one voxel wider (surface distances are unchanged).
+def _crop(*masks: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+    """Index box of the voxels set in any mask, ``margin`` voxels wider (one keeps surface
+    distances unchanged).
 
     The union of the masks' own boxes: no element-wise union of whole volumes (the label masks
     keep a NIfTI volume's Fortran layout, the voxelised meshes are C-ordered)."""
-    boxes = [box for box in (occupied_box(mask, 1) for mask in masks) if box is not None]
+    boxes = [box for box in (occupied_box(mask, margin) for mask in masks) if box is not None]
     if not boxes:
         return tuple(slice(0, 1) for _ in range(3))
     return tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(3))
@@ -299,7 +300,7 @@ def _structure_metrics(
         manifold=is_manifold(faces),
         self_intersections=count_self_intersections(verts, faces),
         volume_ml=float(enclosed_volume(verts.double(), faces)) / 1000.0,
-        label_volume_ml=float(target.sum()) * voxel_ml,
+        label_volume_ml=float(np.count_nonzero(target)) * voxel_ml,
     )
 
 
@@ -354,9 +355,17 @@ def evaluate_meshes(
     voxelised = {
         name: voxelize_mesh(v, f, labels_np.shape, matrix).cpu().numpy() for name, (v, f) in tensors.items()
     }
+    # Every set voxel of the labels and the meshes lies in this box, with the two voxels of margin
+    # the label surfaces' marching cubes looks at: the masks, their surfaces and their scores come
+    # out as on the whole grid, at a fraction of the cost on a whole CT volume.
+    region = _crop(labels_np, *voxelised.values(), margin=2)
+    labels_np = labels_np[region]
+    voxelised = {name: mask[region] for name, mask in voxelised.items()}
+    region_matrix = matrix.copy()
+    region_matrix[:3, 3] = matrix[:3, :3] @ np.array([axis.start for axis in region], dtype=np.float64) + matrix[:3, 3]
     structures = {
         name: _structure_metrics(name, v, f, voxelised[name], label_mask(labels_np, label_of[name]),
-                                 matrix, generator)
+                                 region_matrix, generator)
         for name, (v, f) in tensors.items()
     }
 
