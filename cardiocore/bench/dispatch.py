@@ -1,7 +1,7 @@
 """Counting what a GPU would pay for, on any device: the aten operations a piece of code
 dispatches (each a kernel launch on a GPU, but for views) and those that make the host wait for
 the device (reading a value back, ``nonzero``, ``unique``, boolean-mask indexing: their results
-depend on the data).
+depend on the data; a tensor made from host data, which must be copied there).
 
 On the CPU these dispatch the same aten operations as on a GPU, so a loop meant to run on a GPU
 can be checked for waits, and its launches counted, without one (sizes that depend on the
@@ -20,10 +20,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 WAITING = frozenset({
     "aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default",
     "aten._unique2.default", "aten.unique_consecutive.default", "aten.unique_dim.default",
-    "aten.repeat_interleave.Tensor",
+    "aten.repeat_interleave.Tensor", "aten.lift_fresh.default",
 })
 """Operations whose result the host must wait for (``.item()``, ``bool()``, ``int()`` of a tensor
-dispatch ``_local_scalar_dense``)."""
+dispatch ``_local_scalar_dense``), and ``lift_fresh``: a tensor made from host data
+(``torch.tensor`` of a list), which a GPU loop must copy to the device, and a blocking copy to a
+GPU first waits for the work queued before it."""
 
 VIEWS = frozenset({
     "aten.view.default", "aten._unsafe_view.default", "aten.unsqueeze.default", "aten.squeeze.dim",

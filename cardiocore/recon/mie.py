@@ -162,9 +162,10 @@ def detect_violations(
     dense = points.device.type != "cpu" if dense is None else dense
     inside = _hard_occupancy_matrix(points, source, meshes, needed, dense)
     in_a = torch.stack([inside[:, a] for _, a, _ in indexed])  # (R, P)
-    in_b = torch.stack([inside[:, b] for _, _, b in indexed])
-    wrong_b = torch.tensor([kind == "disjoint" for kind, _, _ in indexed])[:, None].to(points.device)
-    bad = in_a & (in_b == wrong_b)  # disjoint: inside B too; inside: outside B
+    # Where a point of A breaks the rule: inside B (disjoint) or outside B (inside); no flags
+    # built on the host, whose copy to a GPU would wait for it.
+    wrong_b = torch.stack([inside[:, b] if kind == "disjoint" else ~inside[:, b] for kind, _, b in indexed])
+    bad = in_a & wrong_b
     # One host round trip for all rules: the violations in rule order, each rule's in point order.
     rule_index, point_index = bad.nonzero(as_tuple=True)
     rates = (bad.sum(dim=1).double() / in_a.sum(dim=1).double()).float().cpu()  # 0 / 0: NaN
