@@ -15,6 +15,7 @@ from cardiocore.metrics.distance import (
     hausdorff_distance,
     mesh_chamfer,
     nearest_neighbour_distance,
+    padded_chamfer,
     pairwise_chamfer,
 )
 from cardiocore.metrics.generative import (
@@ -213,3 +214,34 @@ def test_cuda_paths_match_cpu() -> None:
     on_gpu = pairwise_chamfer(shapes_a.cuda(), shapes_b.cuda(), batch_size=4)
     assert on_gpu.is_cuda
     assert torch.allclose(on_gpu.cpu(), pairwise_chamfer(shapes_a, shapes_b), rtol=1e-5)
+
+
+def test_padded_chamfer_gives_each_pair_of_sets_its_own_chamfer() -> None:
+    """Sets of different sizes padded to one: the padding changes neither the symmetric nor the
+    one-sided distance, nor the gradient reaching the real points."""
+    generator = torch.Generator().manual_seed(7)
+    sets_a = [10.0 * torch.randn(n, 3, generator=generator, dtype=torch.float64) + k for k, n in enumerate((50, 80, 30))]
+    sets_b = [10.0 * torch.randn(n, 3, generator=generator, dtype=torch.float64) + k for k, n in enumerate((100, 40, 70))]
+
+    def padded(sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(x.shape[0] for x in sets)
+        return (torch.stack([torch.cat([x, x[:1].expand(width - x.shape[0], 3)]) for x in sets]),
+                torch.stack([torch.arange(width) < x.shape[0] for x in sets]))
+
+    (a, a_valid), (b, b_valid) = padded(sets_a), padded(sets_b)
+    a.requires_grad_()
+    symmetric = padded_chamfer(a, a_valid, b, b_valid)
+    expected = torch.stack([chamfer_distance(x, y, method="brute") for x, y in zip(sets_a, sets_b, strict=True)])
+    torch.testing.assert_close(symmetric, expected, rtol=0, atol=1e-12)
+    one_sided = padded_chamfer(a, a_valid, b, b_valid, one_sided=True)
+    expected_one_sided = torch.stack([nearest_neighbour_distance(y, x, method="brute").mean()
+                                      for x, y in zip(sets_a, sets_b, strict=True)])
+    torch.testing.assert_close(one_sided, expected_one_sided, rtol=0, atol=1e-12)
+    symmetric.sum().backward()
+    leaves = [x.clone().requires_grad_() for x in sets_a]
+    torch.stack([chamfer_distance(x, y, method="brute") for x, y in zip(leaves, sets_b, strict=True)]).sum().backward()
+    for k, leaf in enumerate(leaves):
+        torch.testing.assert_close(a.grad[k, : leaf.shape[0]], leaf.grad, rtol=0, atol=1e-12)
+        assert bool((a.grad[k, leaf.shape[0]:] == 0).all())  # padding rows get no gradient
+    with pytest.raises(CardioInputError, match="padded_chamfer"):
+        padded_chamfer(a, a_valid[:, :5], b, b_valid)

@@ -189,6 +189,42 @@ def chamfer_distance(
     return 0.5 * (d_ab.mean() + d_ba.mean())
 
 
+def padded_chamfer(
+    a: torch.Tensor, a_valid: torch.Tensor, b: torch.Tensor, b_valid: torch.Tensor, one_sided: bool = False
+) -> torch.Tensor:
+    """Chamfer distances (N,) mm of N pairs of point sets of different sizes in one batched
+    brute-force pass (a few dozen kernels for all pairs: for a GPU loop).
+
+    Each set is padded to a common size; padding rows are ignored (best padded with copies of a
+    real point, which keeps the squared-distance expansion well centred). For a pair with no
+    real point on a side the result is NaN.
+
+    Args:
+        a: (N, P, 3) mm and a_valid (N, P) bool, its real rows; b: (N, Q, 3) mm, b_valid (N, Q).
+        one_sided: the mean distance from b's points to a only (outlines against vertices),
+            instead of the symmetric ``0.5 * (mean_a min_b |a - b| + mean_b min_a |a - b|)``.
+
+    Returns:
+        (N,) on ``a``'s device; differentiable w.r.t. ``a`` and ``b`` (as :func:`chamfer_distance`:
+        nearest pairs found without gradient, their exact distances with it).
+    """
+    if a.dim() != 3 or b.dim() != 3 or a.shape[-1] != 3 or b.shape[-1] != 3 or a.shape[0] != b.shape[0] \
+            or a_valid.shape != a.shape[:2] or b_valid.shape != b.shape[:2]:
+        raise CardioInputError("padded_chamfer", f"needs (N, P, 3) and (N, Q, 3) sets with (N, P) and (N, Q) masks, got "
+                               f"{tuple(a.shape)}, {tuple(a_valid.shape)}, {tuple(b.shape)}, {tuple(b_valid.shape)}")
+    with torch.no_grad():
+        a_lift, b_lift = _lifted(a, b)
+        squared = a_lift @ b_lift.mT  # (N, P, Q)
+        index_ba = squared.masked_fill(~a_valid[:, :, None], float("inf")).argmin(dim=1)  # (N, Q)
+        index_ab = None if one_sided else squared.masked_fill_(~b_valid[:, None, :], float("inf")).argmin(dim=2)
+    d_ba = torch.linalg.vector_norm(b - a.gather(1, index_ba[..., None].expand(-1, -1, 3)), dim=-1)
+    mean_ba = (d_ba * b_valid).sum(dim=1) / b_valid.sum(dim=1)
+    if one_sided:
+        return mean_ba
+    d_ab = torch.linalg.vector_norm(a - b.gather(1, index_ab[..., None].expand(-1, -1, 3)), dim=-1)
+    return 0.5 * ((d_ab * a_valid).sum(dim=1) / a_valid.sum(dim=1) + mean_ba)
+
+
 def hausdorff_distance(
     a: ArrayLike, b: ArrayLike, chunk_size: int | None = None, method: Method = "auto"
 ) -> torch.Tensor:

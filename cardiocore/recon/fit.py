@@ -61,7 +61,7 @@ from cardiocore.geometry.mesh import edge_index, face_normals
 from cardiocore.geometry.grid import checked_matrix, occupied_box
 from cardiocore.geometry.surface import contour_points_on_slices, surface_from_mask
 from cardiocore.geometry.value_checks import values_trusted
-from cardiocore.metrics.distance import chamfer_distance, nearest_neighbour_distance
+from cardiocore.metrics.distance import padded_chamfer
 from cardiocore.recon.mie import (
     Violations,
     bounding_box,
@@ -152,13 +152,9 @@ class _SurfaceTarget:
         self.tree = cKDTree(points.cpu().numpy())
         self.one_sided = one_sided
 
-    def chamfer(self, verts: torch.Tensor, brute: bool) -> torch.Tensor:
-        """The Chamfer term (mm) of ``verts`` (V, 3); ``brute``: every pair on the vertices'
-        device (no KD-tree, no host round trip) rather than KD-trees on the CPU."""
-        if brute:
-            if self.one_sided:
-                return nearest_neighbour_distance(self.points, verts, method="brute").mean()
-            return chamfer_distance(verts, self.points, method="brute")
+    def chamfer(self, verts: torch.Tensor) -> torch.Tensor:
+        """The Chamfer term (mm) of ``verts`` (V, 3) on the CPU, by KD-trees (a GPU loop uses
+        :class:`_PaddedSurfaces`)."""
         moving = verts.detach().numpy()
         to_verts = torch.as_tensor(cKDTree(moving).query(self.points.cpu().numpy())[1], device=verts.device)
         if self.one_sided:
@@ -167,6 +163,36 @@ class _SurfaceTarget:
         d_vt = (verts - self.points[to_target]).norm(dim=1).mean()
         d_tv = (self.points - verts[to_verts]).norm(dim=1).mean()
         return 0.5 * (d_vt + d_tv)
+
+
+class _PaddedSurfaces(NamedTuple):
+    """A label map's boundary points and the fitted structures' vertex rows, each padded to one
+    size, for one batched Chamfer over all its structures (:func:`padded_chamfer`)."""
+
+    points: torch.Tensor  # (S, Q, 3) mm, padded with copies of a real point
+    point_valid: torch.Tensor  # (S, Q) bool
+    vert_index: torch.Tensor  # (S, P) int64 rows of the merged vertices, padded with the first row
+    vert_valid: torch.Tensor  # (S, P) bool
+    one_sided: bool
+
+    @classmethod
+    def of(cls, view: _Target, sizes: Sequence[int], device: torch.device) -> _PaddedSurfaces | None:
+        """For the structures with boundary points in ``view`` (None if none); ``sizes``: the
+        vertex count of every fitted structure, in the merged vertex order."""
+        have = [s for s, surface in enumerate(view.surface) if surface is not None]
+        if not have:
+            return None
+        starts = np.cumsum([0, *sizes])
+        points = [view.surface[s].points for s in have]
+        width, height = max(p.shape[0] for p in points), max(sizes[s] for s in have)
+        rows = torch.arange(height, device=device)
+        return cls(
+            points=torch.stack([torch.cat([p, p[:1].expand(width - p.shape[0], 3)]) for p in points]),
+            point_valid=torch.stack([torch.arange(width, device=device) < p.shape[0] for p in points]),
+            vert_index=torch.stack([int(starts[s]) + torch.where(rows < sizes[s], rows, 0) for s in have]),
+            vert_valid=torch.stack([rows < sizes[s] for s in have]),
+            one_sided=view.surface[have[0]].one_sided,
+        )
 
 
 def _occupancy_bce(soft: torch.Tensor, truth: torch.Tensor, written_out: bool) -> torch.Tensor:
@@ -640,6 +666,8 @@ def fit_template(
                        for view, n_points in ((target, points_per_structure),
                                               *((t, points_per_structure // 2) for t in view_targets))
                        if (known := [s for s in range(len(names)) if view.known[s]])]
+    padded_surfaces = [p for p in (_PaddedSurfaces.of(view, sizes, device) for view in (target, *view_targets))
+                       if p is not None] if dense else []
     losses: dict[str, list[float]] = {k: [] for k in ("occupancy", "surface", "mie", "laplacian", "normal", "total")}
     violations: Violations | None = None
     cancelled = False
@@ -668,9 +696,13 @@ def fit_template(
                             for i, s in enumerate(known)]))
                 terms["occupancy"] = weights.occupancy * torch.cat(bce).mean()
             if use_surface:
-                chamfer = [view.surface[s].chamfer(v, brute=dense) for view in (target, *view_targets)
-                           for s, (v, _) in enumerate(meshes) if view.surface[s] is not None]
-                terms["surface"] = weights.surface * torch.stack(chamfer).mean()
+                if dense:  # all structures of a label map in one batched Chamfer
+                    chamfer = [padded_chamfer(verts[p.vert_index], p.vert_valid, p.points, p.point_valid, p.one_sided)
+                               for p in padded_surfaces]
+                else:
+                    chamfer = [view.surface[s].chamfer(v).reshape(1) for view in (target, *view_targets)
+                               for s, (v, _) in enumerate(meshes) if view.surface[s] is not None]
+                terms["surface"] = weights.surface * torch.cat(chamfer).mean()
             if use_mie and rules.rules:
                 if violations is None or step % mie_refresh == 0:
                     pool, source = candidate_pool(meshes, generator=step_generator)
