@@ -11,6 +11,7 @@ from cardiocore.errors import CardioInputError
 from cardiocore.geometry.primitives import icosphere
 from cardiocore.geometry.winding import occupancy
 from cardiocore.recon.mie import (
+    FaceDipoles,
     bounding_box,
     candidate_pool,
     detect_violations,
@@ -110,7 +111,7 @@ def test_a_batch_of_meshes_of_different_sizes_gives_each_mesh_its_own_occupancy(
         verts = [v.double().requires_grad_() for v, _ in meshes]
         pairs = [(v, f) for v, (_, f) in zip(verts, meshes, strict=True)]
         if batched:
-            occ = soft_occupancy_batch(points, pairs, smoothing)
+            occ = soft_occupancy_batch(points, FaceDipoles.of_meshes(pairs), smoothing)
         else:
             occ = torch.stack([soft_occupancy(points[b], *pairs[b], smoothing[b]) for b in range(3)])
         (occ * torch.linspace(-1.0, 1.0, 200, dtype=torch.float64)).sum().backward()
@@ -119,7 +120,37 @@ def test_a_batch_of_meshes_of_different_sizes_gives_each_mesh_its_own_occupancy(
     for one_by_one, batch in zip(*results, strict=True):
         assert torch.allclose(one_by_one, batch, rtol=0, atol=1e-10)
     with pytest.raises(CardioInputError, match="one positive smoothing length per mesh"):
-        soft_occupancy_batch(points, [(v.double(), f) for v, f in meshes], [1.0, 0.0, 1.0])
+        soft_occupancy_batch(points, FaceDipoles.of_meshes([(v.double(), f) for v, f in meshes]), [1.0, 0.0, 1.0])
+
+
+def test_face_dipoles_of_merged_meshes_equal_those_of_the_meshes() -> None:
+    """One vertex array holding three meshes, faces padded by rows: the same occupancies and
+    vertex gradients as the meshes padded one by one (only the padding's position differs)."""
+    meshes = [icosphere(1, radius=10.0), icosphere(2, radius=7.0, center=(5.0, 0.0, 0.0)),
+              icosphere(1, radius=4.0, center=(0.0, 6.0, 0.0))]
+    sizes = [v.shape[0] for v, _ in meshes]
+    starts = [0, sizes[0], sizes[0] + sizes[1]]
+    merged_faces = torch.cat([f + s for (_, f), s in zip(meshes, starts, strict=True)])
+    counts, width = [f.shape[0] for _, f in meshes], max(f.shape[0] for _, f in meshes)
+    face_starts = [0, counts[0], counts[0] + counts[1]]
+    columns = torch.arange(width)
+    rows = torch.stack([s + torch.where(columns < n, columns, 0) for s, n in zip(face_starts, counts, strict=True)])
+    real = torch.stack([(columns < n).double() for n in counts])[:, :, None]
+    points = 9.0 * torch.randn(3, 150, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    results = []
+    for merged in (False, True):
+        verts = torch.cat([v for v, _ in meshes]).double().requires_grad_()
+        if merged:
+            dipoles = FaceDipoles.of_merged(verts, merged_faces, rows, real)
+        else:
+            dipoles = FaceDipoles.of_meshes([(part, f) for part, (_, f) in zip(verts.split(sizes), meshes, strict=True)])
+        occ = soft_occupancy_batch(points, dipoles.select([0, 1, 2]), [1.0, 1.5, 0.8])
+        (occ * torch.linspace(-1.0, 1.0, 150, dtype=torch.float64)).sum().backward()
+        results.append((occ.detach(), verts.grad))
+    for separately, together in zip(*results, strict=True):
+        assert torch.allclose(separately, together, rtol=0, atol=1e-10)
+    picked = FaceDipoles.of_meshes([(v.double(), f) for v, f in meshes]).select([2, 0])
+    assert torch.equal(picked.areas[0, : counts[2]], FaceDipoles.of_meshes([(meshes[2][0].double(), meshes[2][1])]).areas[0])
 
 
 def test_query_points_take_the_violation_fraction_from_the_violations() -> None:

@@ -63,6 +63,7 @@ from cardiocore.geometry.surface import contour_points_on_slices, surface_from_m
 from cardiocore.geometry.value_checks import values_trusted
 from cardiocore.metrics.distance import padded_chamfer
 from cardiocore.recon.mie import (
+    FaceDipoles,
     Violations,
     bounding_box,
     candidate_pool,
@@ -165,6 +166,16 @@ class _SurfaceTarget:
         return 0.5 * (d_vt + d_tv)
 
 
+def _padded_rows(counts: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For B blocks of ``counts`` consecutive rows of a merged array (the structures' vertices or
+    faces): each block's rows padded to the largest count with its first row (B, W) int64, and
+    (B, W) bool, True for its own rows."""
+    starts, width = np.cumsum([0, *counts]), max(counts)
+    columns = torch.arange(width, device=device)
+    rows = torch.stack([int(starts[b]) + torch.where(columns < n, columns, 0) for b, n in enumerate(counts)])
+    return rows, torch.stack([columns < n for n in counts])
+
+
 class _PaddedSurfaces(NamedTuple):
     """A label map's boundary points and the fitted structures' vertex rows, each padded to one
     size, for one batched Chamfer over all its structures (:func:`padded_chamfer`)."""
@@ -182,15 +193,14 @@ class _PaddedSurfaces(NamedTuple):
         have = [s for s, surface in enumerate(view.surface) if surface is not None]
         if not have:
             return None
-        starts = np.cumsum([0, *sizes])
         points = [view.surface[s].points for s in have]
-        width, height = max(p.shape[0] for p in points), max(sizes[s] for s in have)
-        rows = torch.arange(height, device=device)
+        width = max(p.shape[0] for p in points)
+        rows, own = _padded_rows(sizes, device)
         return cls(
             points=torch.stack([torch.cat([p, p[:1].expand(width - p.shape[0], 3)]) for p in points]),
             point_valid=torch.stack([torch.arange(width, device=device) < p.shape[0] for p in points]),
-            vert_index=torch.stack([int(starts[s]) + torch.where(rows < sizes[s], rows, 0) for s in have]),
-            vert_valid=torch.stack([rows < sizes[s] for s in have]),
+            vert_index=torch.stack([rows[s] for s in have]),
+            vert_valid=torch.stack([own[s] for s in have]),
             one_sided=view.surface[have[0]].one_sided,
         )
 
@@ -666,6 +676,9 @@ def fit_template(
                        for view, n_points in ((target, points_per_structure),
                                               *((t, points_per_structure // 2) for t in view_targets))
                        if (known := [s for s in range(len(names)) if view.known[s]])]
+    # Each structure's faces among the merged ones, padded (the dense loop's FaceDipoles.of_merged).
+    face_rows, own_face = _padded_rows([int(f.shape[0]) for f in faces], device)
+    face_real = own_face[:, :, None].to(placed.dtype)
     padded_surfaces = [p for p in (_PaddedSurfaces.of(view, sizes, device) for view in (target, *view_targets))
                        if p is not None] if dense else []
     losses: dict[str, list[float]] = {k: [] for k in ("occupancy", "surface", "mie", "laplacian", "normal", "total")}
@@ -678,6 +691,8 @@ def fit_template(
         with values_trusted() if dense else contextlib.nullcontext():
             verts = coarse_verts() + fine if step >= n_coarse else coarse_verts()
             meshes = list(zip(verts.split(sizes), faces, strict=True))
+            # Dense: every structure's face dipoles at once, for the occupancy and the MIE terms.
+            dipoles = FaceDipoles.of_merged(verts, merged_faces, face_rows, face_real) if dense else None
             terms: dict[str, torch.Tensor] = {}
             if use_occupancy:
                 bce = []  # per view, (S_known,): each structure's mean BCE
@@ -687,7 +702,7 @@ def fit_template(
                         for s in known])).reshape(len(known), n_points, 3)
                     truth = view.label_at(points.reshape(-1, 3)).reshape(len(known), n_points)
                     if dense:  # all the structures in one batched evaluation
-                        soft = soft_occupancy_batch(points, [meshes[s] for s in known], [smoothing[s] for s in known])
+                        soft = soft_occupancy_batch(points, dipoles.select(known), [smoothing[s] for s in known])
                         bce.append(_occupancy_bce(soft, (truth == index).to(soft.dtype), written_out=True))
                     else:
                         bce.append(torch.stack([
@@ -714,8 +729,8 @@ def fit_template(
                 mie_weight = weights.mie + ramp * (weights.mie_final - weights.mie)
                 # Off the slices of a thick-slice stack nothing is labelled: the relational term alone.
                 query_labels = target.label_at(query) if slice_axis is None else None
-                terms["mie"] = mie_weight * mie_loss(meshes, names, rules.rules, query, query_labels,
-                                                     mie_smoothing, is_violation=is_violation, every_point=dense)
+                terms["mie"] = mie_weight * mie_loss(meshes, names, rules.rules, query, query_labels, mie_smoothing,
+                                                     is_violation=is_violation, every_point=dense, dipoles=dipoles)
             displacement = verts - placed
             curvature = displacement - torch.sparse.mm(averaging, displacement)
             terms["laplacian"] = weights.laplacian * curvature.pow(2).sum(dim=1).mean()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -280,9 +281,41 @@ def soft_occupancy(
     return torch.sigmoid(sharpness * (w - 0.5))
 
 
+class FaceDipoles(NamedTuple):
+    """Face centroids and area vectors of B meshes padded to one face count, for batched dipole
+    sums (:func:`soft_occupancy_batch`). Padding faces have zero area, so they add nothing."""
+
+    centroids: torch.Tensor  # (B, F, 3) mm
+    areas: torch.Tensor  # (B, F, 3) mm^2
+
+    @classmethod
+    def of_meshes(cls, meshes: Sequence[Mesh]) -> FaceDipoles:
+        """From B meshes (verts (V_b, 3) mm, faces (F_b, 3)); differentiable w.r.t. the vertices."""
+        parts = [_centroids_and_area_vectors(v, f) for v, f in meshes]
+        width = max(c.shape[0] for c, _ in parts)
+        # Padding faces sit on their mesh's centroid mean (the dipole sum's origin stays that of the real faces).
+        centroids = torch.stack([torch.cat([c, c.detach().mean(dim=0).expand(width - c.shape[0], 3)]) for c, _ in parts])
+        return cls(centroids, torch.nn.utils.rnn.pad_sequence([a for _, a in parts], batch_first=True))
+
+    @classmethod
+    def of_merged(cls, verts: torch.Tensor, faces: torch.Tensor, rows: torch.Tensor, real: torch.Tensor) -> FaceDipoles:
+        """From one vertex array (V, 3) mm and all meshes' faces (F, 3) over it: ``rows`` (B, W)
+        int64, the faces of each mesh padded with any of its faces, and ``real`` (B, W, 1), 1
+        for its own faces and 0 for padding (a handful of kernels for all the meshes)."""
+        centroids, areas = _centroids_and_area_vectors(verts, faces)
+        return cls(centroids[rows], areas[rows] * real)
+
+    def select(self, meshes: Sequence[int]) -> FaceDipoles:
+        """Those of the meshes ``meshes`` (indices), in that order; stacked from views, so no index
+        tensor is made on the host."""
+        if list(meshes) == list(range(self.centroids.shape[0])):
+            return self
+        return FaceDipoles(torch.stack([self.centroids[i] for i in meshes]), torch.stack([self.areas[i] for i in meshes]))
+
+
 def soft_occupancy_batch(
     points: torch.Tensor,
-    meshes: Sequence[Mesh],
+    dipoles: FaceDipoles,
     smoothing: Sequence[float],
     sharpness: float = DEFAULT_SHARPNESS,
 ) -> torch.Tensor:
@@ -292,27 +325,22 @@ def soft_occupancy_batch(
     Args:
         points: (B, P, 3) mm, row b for mesh b (treated as constants; an expanded view of one
             (P, 3) set costs no copy).
-        meshes: B closed meshes (verts (V_b, 3) mm, faces (F_b, 3)); padded to the largest face
-            count with faces of zero area.
+        dipoles: the B meshes' faces (:meth:`FaceDipoles.of_meshes`, :meth:`FaceDipoles.of_merged`).
         smoothing: B smoothing lengths, mm (> 0).
 
     Returns:
-        (B, P) soft occupancies, differentiable w.r.t. every mesh's vertices.
+        (B, P) soft occupancies, differentiable w.r.t. the dipoles (so the meshes' vertices).
     """
-    if len(meshes) != points.shape[0] or len(smoothing) != len(meshes) or min(smoothing) <= 0:
+    count = dipoles.centroids.shape[0]
+    if count != points.shape[0] or len(smoothing) != count or min(smoothing) <= 0:
         raise CardioInputError("soft_occupancy_batch", f"needs one (P, 3) point set and one positive smoothing "
-                               f"length per mesh, got {tuple(points.shape)} points, {len(meshes)} meshes and "
+                               f"length per mesh, got {tuple(points.shape)} points, {count} meshes and "
                                f"smoothing {list(smoothing)}")
-    dtype = meshes[0][0].dtype
-    parts = [_centroids_and_area_vectors(v, f) for v, f in meshes]
-    # Padding faces sit on their mesh's centroid mean (the forward's origin stays that of the real faces).
-    width = max(c.shape[0] for c, _ in parts)
-    centroids = torch.stack([torch.cat([c, c.detach().mean(dim=0).expand(width - c.shape[0], 3)]) for c, _ in parts])
-    areas = torch.nn.utils.rnn.pad_sequence([a for _, a in parts], batch_first=True)
+    centroids, areas = dipoles
     # Filled on the device: a tensor built on the host would be a copy the host waits for.
     s2 = torch.stack([centroids.new_full((1, 1), float(x) ** 2) for x in smoothing])
-    chunk = max(1, BATCH_PAIRS.get(points.device.type, BATCH_PAIRS["cpu"]) // (len(meshes) * width))
-    w = _DipoleSum.apply(points.detach().to(dtype), centroids, areas, s2, chunk)
+    chunk = max(1, BATCH_PAIRS.get(points.device.type, BATCH_PAIRS["cpu"]) // (count * centroids.shape[1]))
+    w = _DipoleSum.apply(points.detach().to(centroids.dtype), centroids, areas, s2, chunk)
     return torch.sigmoid(sharpness * (w - 0.5))
 
 
@@ -323,6 +351,7 @@ def soft_occupancies(
     smoothing: float | Sequence[float] | None = None,
     sharpness: float = DEFAULT_SHARPNESS,
     every_point: bool | None = None,
+    dipoles: FaceDipoles | None = None,
 ) -> list[torch.Tensor | None]:
     """Soft occupancy (N,) of every structure in ``needed`` at ``points`` (None for the others).
 
@@ -333,6 +362,8 @@ def soft_occupancies(
     costs about what a near one does, picking the near ones would wait for the device and each
     structure's own evaluation costs a few dozen kernels) instead of evaluating the near ones
     only, structure by structure (default on a CPU); the same values up to rounding.
+    ``dipoles``: the faces of all of ``meshes`` already in batch form (computed once for several
+    calls), for ``every_point``.
     """
     every_point = points.device.type != "cpu" if every_point is None else every_point
     order = sorted(needed)
@@ -349,7 +380,8 @@ def soft_occupancies(
         near.append(((points >= low) & (points <= high)).all(dim=1))
     result: list[torch.Tensor | None] = [None] * len(meshes)
     if every_point:  # one batched evaluation of every point for all the structures
-        soft = soft_occupancy_batch(points.expand(len(order), -1, -1), [meshes[s] for s in order], lengths, sharpness)
+        faces = dipoles.select(order) if dipoles is not None else FaceDipoles.of_meshes([meshes[s] for s in order])
+        soft = soft_occupancy_batch(points.expand(len(order), -1, -1), faces, lengths, sharpness)
         for i, s in enumerate(order):
             result[s] = torch.where(near[i], soft[i], 0.0)
         return result
@@ -378,6 +410,7 @@ def mie_loss(
     sharpness: float = DEFAULT_SHARPNESS,
     is_violation: torch.Tensor | None = None,
     every_point: bool | None = None,
+    dipoles: FaceDipoles | None = None,
 ) -> torch.Tensor:
     """The MIE loss at query points (formula in the module docstring).
 
@@ -392,7 +425,7 @@ def mie_loss(
         smoothing, sharpness: of the soft occupancy (see :func:`soft_occupancies`).
         is_violation: (N,) bool, the points drawn from violations (see
             :func:`sample_query_points`); with labels they only push (no pull term).
-        every_point: as in :func:`soft_occupancies`.
+        every_point, dipoles: as in :func:`soft_occupancies`.
 
     Returns:
         Scalar tensor (0 when there is no rule), differentiable w.r.t. the vertices.
@@ -403,7 +436,7 @@ def mie_loss(
     if point_labels is not None and point_labels.shape != points.shape[:1]:
         raise CardioInputError("point_labels", f"must have shape ({points.shape[0]},), got {tuple(point_labels.shape)}")
     needed = {a for _, a, _ in indexed} | {b for _, _, b in indexed}
-    occ = soft_occupancies(points, meshes, needed, smoothing, sharpness, every_point)
+    occ = soft_occupancies(points, meshes, needed, smoothing, sharpness, every_point, dipoles)
     if point_labels is not None:
         # Target occupancy of s: the point is labelled s, or a structure that lies inside s.
         terms = []
