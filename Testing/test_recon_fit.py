@@ -21,8 +21,9 @@ from cardiocore.recon.fit import FitResult, FitView, fit_template, thick_slice_a
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.template import HeartTemplate, default_template_path, load_template, main
 
-# Measured with the default FitWeights and the resolution step on the oblique phantom below
-# (phantom seed 3, 100 steps, one thread), fit seeds 0, 1, 2, the CPU loop / the dense loop
+# Measured (docs/benchmarks/recon/fit_dense_vs_cpu.py) with the default FitWeights and the
+# resolution step on the oblique phantom below (phantom seed 3, 100 steps, one thread), fit
+# seeds 0, 1, 2, the CPU loop / the dense loop
 # (``dense=True``, what a GPU runs): LV cavity 0.972-0.986 / 0.976-0.981, myocardium
 # 0.930-0.947 / 0.936-0.942, RV 0.964-0.968 / 0.964-0.965, LA 0.980-0.991 / 0.988-0.991, RA
 # 0.974-0.986 / 0.968-0.988, aorta 0.895-0.934 / 0.897-0.934, pulmonary artery 0.963-0.974 /
