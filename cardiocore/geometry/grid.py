@@ -26,6 +26,14 @@ def checked_matrix(matrix: ArrayLike, what: str = "ijk_to_ras") -> np.ndarray:
     return array
 
 
+def shifted_matrix(ijk_to_ras: np.ndarray, low: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The (4, 4) voxel-to-RAS matrix of a sub-grid whose voxel (0, 0, 0) is voxel ``low`` (3,)
+    of the grid of ``ijk_to_ras`` (a crop): same axes and spacing, origin moved, float64."""
+    matrix = np.array(ijk_to_ras, dtype=np.float64)
+    matrix[:3, 3] = matrix[:3, :3] @ np.asarray(low, dtype=np.float64) + matrix[:3, 3]
+    return matrix
+
+
 def label_mask(labels: np.ndarray, values: int | Sequence[int]) -> np.ndarray:
     """Voxels (I, J, K) bool whose label is ``values`` or any of several values (a union).
 

@@ -45,7 +45,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cardiocore.errors import CardioInputError
-from cardiocore.geometry.grid import label_mask, occupied_box
+from cardiocore.geometry.grid import label_mask, occupied_box, shifted_matrix
 from cardiocore.geometry.intersection import count_self_intersections
 from cardiocore.geometry.mesh import ArrayLike, as_mesh, face_normals, is_closed
 from cardiocore.geometry.sampling import sample_surface
@@ -361,8 +361,7 @@ def evaluate_meshes(
     region = _crop(labels_np, *voxelised.values(), margin=2)
     labels_np = labels_np[region]
     voxelised = {name: mask[region] for name, mask in voxelised.items()}
-    region_matrix = matrix.copy()
-    region_matrix[:3, 3] = matrix[:3, :3] @ np.array([axis.start for axis in region], dtype=np.float64) + matrix[:3, 3]
+    region_matrix = shifted_matrix(matrix, [axis.start for axis in region])
     structures = {
         name: _structure_metrics(name, v, f, voxelised[name], label_mask(labels_np, label_of[name]),
                                  region_matrix, generator)

@@ -36,7 +36,7 @@ from monai.transforms import RandAdjustContrast, RandBiasField, RandGaussianNois
 from monai.utils import convert_to_tensor
 
 from cardiocore.errors import CardioInputError, VolumeError
-from cardiocore.geometry.grid import checked_matrix
+from cardiocore.geometry.grid import checked_matrix, shifted_matrix
 from cardiocore.geometry.surface import surface_from_mask
 from cardiocore.recon.rules import RuleSet, resolve_rule_set
 from cardiocore.recon.template import crop_and_stride, read_label_map
@@ -120,9 +120,7 @@ def _boundary_points(mask: np.ndarray, ijk_to_ras: np.ndarray, n_surface: int, r
     nonzero = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
     low = np.array([n[0] for n in nonzero])
     box = mask[tuple(slice(lo, n[-1] + 1) for lo, n in zip(low, nonzero, strict=True))]
-    matrix = ijk_to_ras.copy()
-    matrix[:3, 3] = ijk_to_ras[:3, :3] @ low + ijk_to_ras[:3, 3]
-    verts, _ = surface_from_mask(box, matrix)
+    verts, _ = surface_from_mask(box, shifted_matrix(ijk_to_ras, low))
     points = verts.numpy().astype(np.float32)
     if points.shape[0] > n_surface:
         points = points[rng.choice(points.shape[0], n_surface, replace=False)]
@@ -912,8 +910,7 @@ def image_to_frame(
                                "leave it out to centre the frame on the image")
     crop = tensor[tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))]
     crop = crop if crop.dtype == torch.float32 else crop.to(torch.float32)
-    crop_matrix = matrix.copy()
-    crop_matrix[:3, 3] = matrix[:3, :3] @ low + matrix[:3, 3]
+    crop_matrix = shifted_matrix(matrix, low)
     if (pool > 1).any():
         crop = F.avg_pool3d(crop[None, None], tuple(int(p) for p in pool))[0, 0]
         crop_matrix[:3, 3] = crop_matrix[:3, :3] @ ((pool - 1) / 2.0) + crop_matrix[:3, 3]

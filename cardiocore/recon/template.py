@@ -34,7 +34,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cardiocore.errors import CardioInputError, MeshError, VolumeError
 from cardiocore.geometry.decimate import quadric_decimate
-from cardiocore.geometry.grid import occupied_box
+from cardiocore.geometry.grid import occupied_box, shifted_matrix
 from cardiocore.geometry.mesh import is_closed, mesh_edges
 from cardiocore.geometry.surface import surface_from_mask
 from cardiocore.geometry.untangle import untangle
@@ -177,9 +177,8 @@ def crop_and_stride(
     low = np.array([axis.start for axis in box])
     stride = np.maximum(1, np.round(spacing_mm / spacing)).astype(int)
     cropped = labels[tuple(slice(axis.start, axis.stop, st) for axis, st in zip(box, stride, strict=True))]
-    new = matrix.copy()
+    new = shifted_matrix(matrix, low)
     new[:3, :3] = matrix[:3, :3] * stride
-    new[:3, 3] = matrix[:3, :3] @ low + matrix[:3, 3]
     return np.ascontiguousarray(cropped), new
 
 
