@@ -69,6 +69,7 @@ from cardiocore.recon.mie import (
     candidate_pool,
     detect_violations,
     mie_loss,
+    padded_rows,
     sample_query_points,
     soft_occupancy,
     soft_occupancy_batch,
@@ -166,16 +167,6 @@ class _SurfaceTarget:
         return 0.5 * (d_vt + d_tv)
 
 
-def _padded_rows(counts: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For B blocks of ``counts`` consecutive rows of a merged array (the structures' vertices or
-    faces): each block's rows padded to the largest count with its first row (B, W) int64, and
-    (B, W) bool, True for its own rows."""
-    starts, width = np.cumsum([0, *counts]), max(counts)
-    columns = torch.arange(width, device=device)
-    rows = torch.stack([int(starts[b]) + torch.where(columns < n, columns, 0) for b, n in enumerate(counts)])
-    return rows, torch.stack([columns < n for n in counts])
-
-
 class _PaddedSurfaces(NamedTuple):
     """A label map's boundary points and the fitted structures' vertex rows, each padded to one
     size, for one batched Chamfer over all its structures (:func:`padded_chamfer`)."""
@@ -195,7 +186,7 @@ class _PaddedSurfaces(NamedTuple):
             return None
         points = [view.surface[s].points for s in have]
         width = max(p.shape[0] for p in points)
-        rows, own = _padded_rows(sizes, device)
+        rows, own = padded_rows(sizes, device)
         return cls(
             points=torch.stack([torch.cat([p, p[:1].expand(width - p.shape[0], 3)]) for p in points]),
             point_valid=torch.stack([torch.arange(width, device=device) < p.shape[0] for p in points]),
@@ -207,10 +198,11 @@ class _PaddedSurfaces(NamedTuple):
 
 def _occupancy_bce(soft: torch.Tensor, truth: torch.Tensor, written_out: bool) -> torch.Tensor:
     """Mean binary cross-entropy of soft occupancies (..., N) clamped to [eps, 1 - eps] against
-    ``truth`` (..., N) in {0, 1}, (...): over the last dimension (over all, when not written out). ``written_out``: the formula in plain operations, because torch's
-    BCE asserts that its input lies in [0, 1], which on a GPU is a device-side assert that a NaN
-    (a fit gone wrong) trips, ending the process's use of the device instead of reaching the
-    fit's finite-loss check; torch's BCE otherwise (the same values up to rounding)."""
+    ``truth`` (..., N) in {0, 1}: (...) means over the last dimension (one mean over all when
+    not ``written_out``). ``written_out``: the formula in plain operations, because torch's BCE
+    asserts that its input lies in [0, 1], which on a GPU is a device-side assert that a NaN (a
+    fit gone wrong) trips, ending the process's use of the device instead of reaching the fit's
+    finite-loss check; torch's BCE otherwise (the same values up to rounding)."""
     clamped = soft.clamp(_BCE_EPS, 1 - _BCE_EPS)
     if written_out:
         return -(truth * clamped.log() + (1.0 - truth) * (1.0 - clamped).log()).mean(dim=-1)
@@ -677,7 +669,7 @@ def fit_template(
                                               *((t, points_per_structure // 2) for t in view_targets))
                        if (known := [s for s in range(len(names)) if view.known[s]])]
     # Each structure's faces among the merged ones, padded (the dense loop's FaceDipoles.of_merged).
-    face_rows, own_face = _padded_rows([int(f.shape[0]) for f in faces], device)
+    face_rows, own_face = padded_rows([int(f.shape[0]) for f in faces], device)
     face_real = own_face[:, :, None].to(placed.dtype)
     padded_surfaces = [p for p in (_PaddedSurfaces.of(view, sizes, device) for view in (target, *view_targets))
                        if p is not None] if dense else []

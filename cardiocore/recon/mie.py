@@ -37,6 +37,7 @@ soft occupancy is below sigmoid(-k/2) anyway), which keeps the cost near the str
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -281,6 +282,19 @@ def soft_occupancy(
     return torch.sigmoid(sharpness * (w - 0.5))
 
 
+def padded_rows(counts: Sequence[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """For B blocks of ``counts`` consecutive rows of a merged array (meshes' vertices or faces):
+    each block's rows padded to the largest count with its first row (B, W) int64, and (B, W)
+    bool, True for its own rows."""
+    width, start = max(counts), 0
+    columns = torch.arange(width, device=device)
+    rows = []
+    for n in counts:
+        rows.append(start + torch.where(columns < n, columns, 0))
+        start += int(n)
+    return torch.stack(rows), torch.stack([columns < n for n in counts])
+
+
 class FaceDipoles(NamedTuple):
     """Face centroids and area vectors of B meshes padded to one face count, for batched dipole
     sums (:func:`soft_occupancy_batch`). Padding faces have zero area, so they add nothing."""
@@ -291,17 +305,17 @@ class FaceDipoles(NamedTuple):
     @classmethod
     def of_meshes(cls, meshes: Sequence[Mesh]) -> FaceDipoles:
         """From B meshes (verts (V_b, 3) mm, faces (F_b, 3)); differentiable w.r.t. the vertices."""
-        parts = [_centroids_and_area_vectors(v, f) for v, f in meshes]
-        width = max(c.shape[0] for c, _ in parts)
-        # Padding faces sit on their mesh's centroid mean (the dipole sum's origin stays that of the real faces).
-        centroids = torch.stack([torch.cat([c, c.detach().mean(dim=0).expand(width - c.shape[0], 3)]) for c, _ in parts])
-        return cls(centroids, torch.nn.utils.rnn.pad_sequence([a for _, a in parts], batch_first=True))
+        verts = torch.cat([v for v, _ in meshes])
+        offsets = itertools.accumulate((v.shape[0] for v, _ in meshes[:-1]), initial=0)
+        faces = torch.cat([f.to(verts.device) + o for (_, f), o in zip(meshes, offsets, strict=True)])
+        rows, own = padded_rows([f.shape[0] for _, f in meshes], verts.device)
+        return cls.of_merged(verts, faces, rows, own[:, :, None].to(verts.dtype))
 
     @classmethod
     def of_merged(cls, verts: torch.Tensor, faces: torch.Tensor, rows: torch.Tensor, real: torch.Tensor) -> FaceDipoles:
         """From one vertex array (V, 3) mm and all meshes' faces (F, 3) over it: ``rows`` (B, W)
-        int64, the faces of each mesh padded with any of its faces, and ``real`` (B, W, 1), 1
-        for its own faces and 0 for padding (a handful of kernels for all the meshes)."""
+        int64, each mesh's faces padded with one of them, and ``real`` (B, W, 1), 1 for its own
+        faces and 0 for padding (:func:`padded_rows`; a handful of kernels for all the meshes)."""
         centroids, areas = _centroids_and_area_vectors(verts, faces)
         return cls(centroids[rows], areas[rows] * real)
 
