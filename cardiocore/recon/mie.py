@@ -37,6 +37,7 @@ soft occupancy is below sigmoid(-k/2) anyway), which keeps the cost near the str
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -297,10 +298,13 @@ def padded_rows(counts: Sequence[int], device: torch.device | str) -> tuple[torc
 
 class FaceDipoles(NamedTuple):
     """Face centroids and area vectors of B meshes padded to one face count, for batched dipole
-    sums (:func:`soft_occupancy_batch`). Padding faces have zero area, so they add nothing."""
+    sums (:func:`soft_occupancy_batch`), with each mesh's box. Padding faces have zero area, so
+    they add nothing."""
 
     centroids: torch.Tensor  # (B, F, 3) mm
     areas: torch.Tensor  # (B, F, 3) mm^2
+    low: torch.Tensor  # (B, 3) mm, the low corner of the box around each mesh's faces (no gradient)
+    high: torch.Tensor  # (B, 3) mm, its high corner
 
     @classmethod
     def of_meshes(cls, meshes: Sequence[Mesh]) -> FaceDipoles:
@@ -317,20 +321,28 @@ class FaceDipoles(NamedTuple):
         int64, each mesh's faces padded with one of them, and ``real`` (B, W, 1), 1 for its own
         faces and 0 for padding (:func:`padded_rows`; a handful of kernels for all the meshes)."""
         centroids, areas = _centroids_and_area_vectors(verts, faces)
-        return cls(centroids[rows], areas[rows] * real)
+        corners = verts.detach()[faces]  # (F, 3 corners, 3)
+        return cls(centroids[rows], areas[rows] * real,
+                   corners.amin(dim=1)[rows].amin(dim=1), corners.amax(dim=1)[rows].amax(dim=1))
 
     def select(self, meshes: Sequence[int]) -> FaceDipoles:
         """Those of the meshes ``meshes`` (indices), in that order; stacked from views, so no index
         tensor is made on the host."""
         if list(meshes) == list(range(self.centroids.shape[0])):
             return self
-        return FaceDipoles(torch.stack([self.centroids[i] for i in meshes]), torch.stack([self.areas[i] for i in meshes]))
+        return FaceDipoles(*(torch.stack([field[i] for i in meshes]) for field in self))
+
+
+def _per_mesh_lengths(lengths: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """Lengths (B,) mm as a tensor of ``like``'s dtype and device, filled there (a tensor built
+    on the host would be a copy the host waits for on a GPU)."""
+    return torch.cat([like.new_full((1,), float(x)) for x in lengths])
 
 
 def soft_occupancy_batch(
     points: torch.Tensor,
     dipoles: FaceDipoles,
-    smoothing: Sequence[float],
+    smoothing: Sequence[float] | torch.Tensor,
     sharpness: float = DEFAULT_SHARPNESS,
 ) -> torch.Tensor:
     """:func:`soft_occupancy` of several meshes in one batched evaluation (a few dozen kernels
@@ -340,19 +352,24 @@ def soft_occupancy_batch(
         points: (B, P, 3) mm, row b for mesh b (treated as constants; an expanded view of one
             (P, 3) set costs no copy).
         dipoles: the B meshes' faces (:meth:`FaceDipoles.of_meshes`, :meth:`FaceDipoles.of_merged`).
-        smoothing: B smoothing lengths, mm (> 0).
+        smoothing: B smoothing lengths, mm (> 0): numbers, or a (B,) tensor on the dipoles'
+            device (made once for many calls; its values are the caller's to check, since
+            reading them back would wait for a GPU).
 
     Returns:
         (B, P) soft occupancies, differentiable w.r.t. the dipoles (so the meshes' vertices).
     """
-    count = dipoles.centroids.shape[0]
-    if count != points.shape[0] or len(smoothing) != count or min(smoothing) <= 0:
+    centroids, areas = dipoles.centroids, dipoles.areas
+    count = centroids.shape[0]
+    given = smoothing.shape if isinstance(smoothing, torch.Tensor) else (len(smoothing),)
+    if (count != points.shape[0] or tuple(given) != (count,)
+            or (not isinstance(smoothing, torch.Tensor) and min(smoothing) <= 0)):
+        shown = tuple(given) if isinstance(smoothing, torch.Tensor) else list(smoothing)
         raise CardioInputError("soft_occupancy_batch", f"needs one (P, 3) point set and one positive smoothing "
                                f"length per mesh, got {tuple(points.shape)} points, {count} meshes and "
-                               f"smoothing {list(smoothing)}")
-    centroids, areas = dipoles
-    # Filled on the device: a tensor built on the host would be a copy the host waits for.
-    s2 = torch.stack([centroids.new_full((1, 1), float(x) ** 2) for x in smoothing])
+                               f"smoothing {shown}")
+    lengths = smoothing if isinstance(smoothing, torch.Tensor) else _per_mesh_lengths(smoothing, centroids)
+    s2 = lengths.to(centroids.dtype).reshape(count, 1, 1) ** 2
     chunk = max(1, BATCH_PAIRS.get(points.device.type, BATCH_PAIRS["cpu"]) // (count * centroids.shape[1]))
     w = _DipoleSum.apply(points.detach().to(centroids.dtype), centroids, areas, s2, chunk)
     return torch.sigmoid(sharpness * (w - 0.5))
@@ -366,45 +383,46 @@ def soft_occupancies(
     sharpness: float = DEFAULT_SHARPNESS,
     every_point: bool | None = None,
     dipoles: FaceDipoles | None = None,
-) -> list[torch.Tensor | None]:
-    """Soft occupancy (N,) of every structure in ``needed`` at ``points`` (None for the others).
+) -> dict[int, torch.Tensor]:
+    """Soft occupancy (N,) of every structure in ``needed`` at ``points``, by structure index.
 
-    Points outside a structure's bounding box grown by 3 smoothing lengths get exactly 0.
-    ``smoothing`` (mm) is one value for all structures, one per structure, or None (each mesh's
-    mean edge length). ``every_point``: evaluate every point for all the structures at once
-    (:func:`soft_occupancy_batch`) and zero the far ones (default on a GPU, where a far point
-    costs about what a near one does, picking the near ones would wait for the device and each
-    structure's own evaluation costs a few dozen kernels) instead of evaluating the near ones
-    only, structure by structure (default on a CPU); the same values up to rounding.
+    Points outside the box around a structure's faces grown by 3 smoothing lengths get exactly
+    0. ``smoothing`` (mm) is one value for all structures, one per structure, or None (each
+    mesh's mean edge length). ``every_point``: evaluate every point for all the structures at
+    once (:func:`soft_occupancy_batch`) and zero the far ones (default on a GPU, where a far
+    point costs about what a near one does, picking the near ones would wait for the device and
+    each structure's own evaluation costs a few dozen kernels) instead of evaluating the near
+    ones only, structure by structure (default on a CPU); the same values up to rounding.
     ``dipoles``: the faces of all of ``meshes`` already in batch form (computed once for several
     calls), for ``every_point``.
     """
     every_point = points.device.type != "cpu" if every_point is None else every_point
     order = sorted(needed)
-    lengths, near = [], []
+    lengths = []
     for s in order:
         verts, faces = meshes[s]
         s_len = smoothing[s] if isinstance(smoothing, Sequence) else smoothing
         if s_len is None:
             corners = verts.detach()[faces]
             s_len = float((corners - corners.roll(1, dims=1)).norm(dim=-1).mean())
-        margin = 3.0 * s_len
-        low, high = verts.detach().amin(dim=0) - margin, verts.detach().amax(dim=0) + margin
         lengths.append(s_len)
-        near.append(((points >= low) & (points <= high)).all(dim=1))
-    result: list[torch.Tensor | None] = [None] * len(meshes)
     if every_point:  # one batched evaluation of every point for all the structures
         faces = dipoles.select(order) if dipoles is not None else FaceDipoles.of_meshes([meshes[s] for s in order])
-        soft = soft_occupancy_batch(points.expand(len(order), -1, -1), faces, lengths, sharpness)
-        for i, s in enumerate(order):
-            result[s] = torch.where(near[i], soft[i], 0.0)
-        return result
-    for s, s_len, near_s in zip(order, lengths, near, strict=True):
+        length = _per_mesh_lengths(lengths, faces.centroids)
+        soft = soft_occupancy_batch(points.expand(len(order), -1, -1), faces, length, sharpness)
+        margin = 3.0 * length[:, None, None]
+        near = ((points >= faces.low[:, None] - margin) & (points <= faces.high[:, None] + margin)).all(dim=-1)
+        return dict(zip(order, torch.where(near, soft, 0.0).unbind(), strict=True))
+    result = {}
+    for s, s_len in zip(order, lengths, strict=True):
         verts, faces = meshes[s]
+        corners = verts.detach()[faces]
+        low, high = corners.amin(dim=(0, 1)) - 3.0 * s_len, corners.amax(dim=(0, 1)) + 3.0 * s_len
+        near = ((points >= low) & (points <= high)).all(dim=1)
         values = points.new_zeros(points.shape[0]).to(verts.dtype)
-        if bool(near_s.any()):
-            soft = soft_occupancy(points[near_s], verts, faces, s_len, sharpness)
-            values = values.index_put((near_s.nonzero()[:, 0],), soft)
+        if bool(near.any()):
+            soft = soft_occupancy(points[near], verts, faces, s_len, sharpness)
+            values = values.index_put((near.nonzero()[:, 0],), soft)
         result[s] = values
     return result
 
@@ -412,6 +430,35 @@ def soft_occupancies(
 def _neg_log(x: torch.Tensor) -> torch.Tensor:
     """-log(x), clamped away from log(0)."""
     return -torch.log(x.clamp(min=_EPS))
+
+
+class _RuleTables(NamedTuple):
+    """The rules over the structures they name (``order``, sorted indices), as device tensors."""
+
+    target: torch.Tensor  # (S, n_names + 1) bool: row s, column y + 1: a point labelled y (-1 none) is in s
+    first: torch.Tensor  # (R,) int64: each rule's A, as a row of ``order``
+    second: torch.Tensor  # (R,) int64: its B
+    disjoint: torch.Tensor  # (R, 1) bool: "A disjoint B" (else "A inside B")
+
+
+@functools.lru_cache(maxsize=32)
+def _rule_tables(indexed: tuple[tuple[str, int, int], ...], n_names: int, device: torch.device) -> _RuleTables:
+    """Made once per rule set and device (not every step, where a copy from the host would make
+    the host wait for a GPU)."""
+    order = sorted({a for _, a, _ in indexed} | {b for _, _, b in indexed})
+    row = {s: i for i, s in enumerate(order)}
+    target = torch.zeros(len(order), n_names + 1, dtype=torch.bool)
+    for s in order:
+        target[row[s], s + 1] = True
+    for kind, a, b in indexed:
+        if kind == "inside":
+            target[row[b], a + 1] = True
+    return _RuleTables(
+        target=target.to(device),
+        first=torch.tensor([row[a] for _, a, _ in indexed], device=device),
+        second=torch.tensor([row[b] for _, _, b in indexed], device=device),
+        disjoint=torch.tensor([[kind == "disjoint"] for kind, _, _ in indexed], device=device),
+    )
 
 
 def mie_loss(
@@ -444,31 +491,24 @@ def mie_loss(
     Returns:
         Scalar tensor (0 when there is no rule), differentiable w.r.t. the vertices.
     """
-    indexed = _rule_indices(rules, names)
+    indexed = tuple(_rule_indices(rules, names))
     if not indexed:
         return points.new_zeros(())
     if point_labels is not None and point_labels.shape != points.shape[:1]:
         raise CardioInputError("point_labels", f"must have shape ({points.shape[0]},), got {tuple(point_labels.shape)}")
     needed = {a for _, a, _ in indexed} | {b for _, _, b in indexed}
     occ = soft_occupancies(points, meshes, needed, smoothing, sharpness, every_point, dipoles)
+    occupancy = torch.stack([occ[s] for s in sorted(needed)])  # (S, N)
+    tables = _rule_tables(indexed, len(names), points.device)
     if point_labels is not None:
-        # Target occupancy of s: the point is labelled s, or a structure that lies inside s.
-        terms = []
-        for s in sorted(needed):
-            members = [s] + [a for kind, a, b in indexed if kind == "inside" and b == s]
-            truth = torch.stack([point_labels == m for m in members]).any(dim=0)
-            o_s = occ[s]
-            assert o_s is not None
-            pull = _neg_log(o_s) if is_violation is None else torch.where(is_violation, 0.0, _neg_log(o_s))
-            terms.append(torch.where(truth, pull, _neg_log(1.0 - o_s)).mean())
-        return torch.stack(terms).mean()
-    total = points.new_zeros(()).to(meshes[0][0].dtype)
-    for kind, a, b in indexed:
-        o_a, o_b = occ[a], occ[b]
-        assert o_a is not None and o_b is not None
-        forbidden = o_a * o_b if kind == "disjoint" else o_a * (1.0 - o_b)
-        total = total + _neg_log(1.0 - forbidden).mean()
-    return total
+        truth = tables.target[:, point_labels + 1]  # (S, N)
+        pull = _neg_log(occupancy)
+        if is_violation is not None:
+            pull = torch.where(is_violation, 0.0, pull)
+        return torch.where(truth, pull, _neg_log(1.0 - occupancy)).mean()
+    first, second = occupancy[tables.first], occupancy[tables.second]  # (R, N)
+    forbidden = first * torch.where(tables.disjoint, second, 1.0 - second)
+    return _neg_log(1.0 - forbidden).mean(dim=1).sum()
 
 
 def mie_term(
