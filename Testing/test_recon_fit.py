@@ -155,27 +155,49 @@ def _six_slice_study() -> tuple[np.ndarray, np.ndarray, HeartPhantom, list[Heart
     return np.where(np.isin(stack.labels, (1, 2, 3)), stack.labels, 0), stack.ijk_to_ras, dense, views
 
 
-def _dice_against(result: FitResult, truth: HeartPhantom, rules: RuleSet) -> dict[str, float]:
-    """Dice of each fitted mesh, voxelised on the phantom ``truth``'s grid, against its labels."""
-    return {name: float(dice(voxelize_mesh(v, f, truth.labels.shape, truth.ijk_to_ras),
-                             truth.labels == rules.structure(name).label))
+def _dice_against(result: FitResult, truth: HeartPhantom, rules: RuleSet,
+                  planes: np.ndarray | None = None) -> dict[str, float]:
+    """Dice of each fitted mesh, voxelised on the phantom ``truth``'s grid, against its labels;
+    ``planes`` (K,) bool: on those planes of the grid's third axis only."""
+    keep = slice(None) if planes is None else planes
+    return {name: float(dice(voxelize_mesh(v, f, truth.labels.shape, truth.ijk_to_ras)[..., keep],
+                             (truth.labels == rules.structure(name).label)[..., keep]))
             for name, (v, f) in zip(result.names, result.meshes(), strict=True)}
+
+
+def _beyond_the_stack(stack_matrix: np.ndarray, n_slices: int, truth: HeartPhantom) -> np.ndarray:
+    """(K,) bool: the planes of the phantom ``truth``'s grid (third axis, parallel to the
+    stack's slices) below the stack's first slice or above its last (apex and base)."""
+    assert np.allclose(stack_matrix[:3, :3], np.diag(np.diag(stack_matrix[:3, :3])))
+    assert np.allclose(truth.ijk_to_ras[:3, :3], np.diag(np.diag(truth.ijk_to_ras[:3, :3])))
+    slices = stack_matrix[2, 3] + stack_matrix[2, 2] * np.arange(n_slices)
+    planes = truth.ijk_to_ras[2, 3] + truth.ijk_to_ras[2, 2] * np.arange(truth.labels.shape[2])
+    return (planes < slices.min()) | (planes > slices.max())
 
 
 def test_long_axis_views_add_what_the_short_axis_stack_misses(template: HeartTemplate) -> None:
     """Six 15 mm slices leave the base and apex to the template; two single-slice views through
-    the heart's centre on their own grids (as long-axis cines are) pin them. Measured (seed 3,
-    100 steps, one thread), Dice against the phantom on a 2 mm grid: stack alone 0.923 cavity,
-    0.871 myocardium, 0.908 RV; with the views 0.940, 0.902, 0.937. Thresholds: measured - 0.02."""
+    the heart's centre on their own grids (as long-axis cines are) pin them. Dice against the
+    phantom on a 2 mm grid (phantom seed 3, 100 steps, one thread), fit seeds 0-7
+    (`docs/benchmarks/recon/fit_views_seeds.py`), with the views: cavity 0.935-0.951,
+    myocardium 0.855-0.889, RV 0.918-0.936 (seed 0, the one tested: 0.948, 0.864, 0.920).
+    Over the whole heart the views' gain is within the seeds' spread (summed Dice +0.001 to
+    +0.035); beyond the stack's first and last slices, where they are meant to help, the summed
+    Dice of the three structures rises on every seed, by 0.06-0.28 (median 0.21; stack alone
+    2.26-2.39, with the views 2.44-2.61), mostly the myocardium's and the RV's. Thresholds:
+    each lowest - ~0.005; the gain beyond the stack >= 0.05."""
     labels, matrix, dense, views = _six_slice_study()
     view_maps = [(np.where(np.isin(v.labels, (1, 2, 3)), v.labels, 0), v.ijk_to_ras) for v in views]
     rules = RuleSet.default()
-    scores = {with_views: _dice_against(fit_template(labels, matrix, rules, template, steps=100,
-                                                     views=view_maps if with_views else ()), dense, rules)
-              for with_views in (False, True)}
-    minimum = {"lv_cavity": 0.92, "lv_myocardium": 0.88, "rv": 0.915}
-    assert all(scores[True][n] >= minimum[n] for n in minimum), scores[True]
-    assert sum(scores[True].values()) >= sum(scores[False].values()) + 0.04, scores
+    beyond = _beyond_the_stack(matrix, labels.shape[2], dense)
+    fits = {with_views: fit_template(labels, matrix, rules, template, steps=100,
+                                     views=view_maps if with_views else ())
+            for with_views in (False, True)}
+    scores = _dice_against(fits[True], dense, rules)
+    minimum = {"lv_cavity": 0.93, "lv_myocardium": 0.85, "rv": 0.912}
+    assert all(scores[n] >= minimum[n] for n in minimum), scores
+    apex_and_base = {with_views: _dice_against(fit, dense, rules, beyond) for with_views, fit in fits.items()}
+    assert sum(apex_and_base[True].values()) >= sum(apex_and_base[False].values()) + 0.05, apex_and_base
 
     with pytest.raises(CardioInputError, match="view 2: shows none of the fitted structures"):
         fit_template(labels, matrix, rules, template, steps=1,

@@ -45,6 +45,7 @@ map's IJK-to-RAS matrix, so oblique and anisotropic grids need no special case.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -242,11 +243,15 @@ class _Target:
     shape: torch.Tensor  # (3,) int64, the labels' shape on their device
     matrix: torch.Tensor  # (4, 4) IJK -> RAS
     inverse: torch.Tensor  # (4, 4) RAS -> IJK
-    band: list[torch.Tensor] = field(default_factory=list)  # per structure, voxel indices (M_s, 3)
+    # Every structure's boundary band, voxel indices (M, 3), structure after structure, and a
+    # last row of zeros (so that a structure without voxels still has a row to index):
+    band: torch.Tensor | None = None
+    band_start: torch.Tensor | None = None  # (S,) int64, each structure's first row in ``band``
+    band_count: torch.Tensor | None = None  # (S,) int64, its rows (0 where it has no voxel)
+    low: torch.Tensor | None = None  # (S, 3) mm, the corners of each structure's voxels' box
+    high: torch.Tensor | None = None  # (S, 3) mm (+inf and -inf where it has no voxel)
     # Per structure, None where it has no voxel (a view that does not show it):
     surface: list[_SurfaceTarget | None] = field(default_factory=list)  # boundary points
-    low: list[torch.Tensor | None] = field(default_factory=list)  # box corners (3,) mm
-    high: list[torch.Tensor | None] = field(default_factory=list)
     volumes: list[float] = field(default_factory=list)  # mm^3
     centroids: list[torch.Tensor | None] = field(default_factory=list)  # (3,) mm, float64
     second_moments: list[torch.Tensor | None] = field(default_factory=list)  # (3, 3) integral of x x^T, mm^5
@@ -330,20 +335,21 @@ def _prepare_target(
         ends = sorted(((0 - first) / step, (labels.shape[slice_axis] - 1 - first) / step))
         target.slice_range = (math.ceil(ends[0] - 1e-6), math.floor(ends[1] + 1e-6))
         structure = structure & (np.arange(3) == 1).reshape([3 if a == slice_axis else 1 for a in range(3)])
+    bands, lows, highs = [], [], []
     for s in range(len(values)):
         mask = index == s
         if not mask.any():
-            target.band.append(torch.zeros(0, 3, dtype=torch.float32, device=device))
+            bands.append(torch.zeros(0, 3, dtype=torch.float32, device=device))
             target.surface.append(None)
-            target.low.append(None)
-            target.high.append(None)
+            lows.append(torch.full((3,), math.inf, device=device))
+            highs.append(torch.full((3,), -math.inf, device=device))
             target.volumes.append(0.0)
             target.centroids.append(None)
             target.second_moments.append(None)
             continue
         band = (ndimage.binary_dilation(mask, structure, iterations=2)
                 & ~ndimage.binary_erosion(mask, structure, iterations=2))
-        target.band.append(torch.as_tensor(np.argwhere(band), dtype=torch.float32, device=device))
+        bands.append(torch.as_tensor(np.argwhere(band), dtype=torch.float32, device=device))
         if slice_axis is None:
             verts, _ = surface_from_mask(mask, matrix)
         else:
@@ -352,11 +358,16 @@ def _prepare_target(
         target.surface.append(_SurfaceTarget(verts[pick].to(device=device, dtype=torch.float32),
                                              one_sided=slice_axis is not None))
         inside = target.to_world(torch.as_tensor(np.argwhere(mask), dtype=torch.float32, device=device)).double()
-        target.low.append(inside.amin(dim=0).float())
-        target.high.append(inside.amax(dim=0).float())
+        lows.append(inside.amin(dim=0).float())
+        highs.append(inside.amax(dim=0).float())
         target.volumes.append(inside.shape[0] * voxel_mm3)
         target.centroids.append(inside.mean(dim=0).cpu())
         target.second_moments.append((inside.T @ inside).cpu() * voxel_mm3)
+    counts = [int(b.shape[0]) for b in bands]
+    target.band = torch.cat([*bands, torch.zeros(1, 3, device=device)])
+    target.band_count = torch.tensor(counts, device=device)
+    target.band_start = torch.tensor([0, *itertools.accumulate(counts)][:-1], device=device)
+    target.low, target.high = torch.stack(lows), torch.stack(highs)
     return target
 
 
@@ -480,27 +491,35 @@ def _low_pass(faces: torch.Tensor, n_verts: int) -> torch.Tensor:
 
 
 def _sample_occupancy_points(
-    target: _Target, s: int, verts: torch.Tensor, n: int, noise_mm: float, generator: torch.Generator
+    target: _Target, known: torch.Tensor, verts: torch.Tensor, vert_rows: torch.Tensor, vert_counts: torch.Tensor,
+    n: int, noise_mm: float, generator: torch.Generator,
 ) -> torch.Tensor:
-    """Points (n, 3) mm around structure s: half in its boundary band (jittered voxels), a
-    quarter near the current surface, a quarter uniform in the box around both (without the
-    band and the label box where a view does not show the structure)."""
-    device = verts.device
-    band = target.band[s]
-    n_band, n_near = (n // 2 if band.shape[0] else 0), n // 4
-    n_box = n - n_band - n_near
-    drawn_on = generator.device
-    pick = torch.randint(0, max(band.shape[0], 1), (n_band,), generator=generator, device=drawn_on).to(device)
-    jitter = torch.rand(n_band, 3, generator=generator, device=drawn_on).to(device) - 0.5
-    band_points = target.to_world(band[pick] + jitter)
-    near_pick = torch.randint(0, verts.shape[0], (n_near,), generator=generator, device=drawn_on).to(device)
-    near = verts.detach()[near_pick] + noise_mm * torch.randn(n_near, 3, generator=generator, device=drawn_on).to(device)
-    low, high = verts.detach().amin(dim=0), verts.detach().amax(dim=0)
-    if target.low[s] is not None:
-        low, high = torch.minimum(target.low[s], low), torch.maximum(target.high[s], high)
-    low, high = low - 5.0, high + 5.0
-    box = low + torch.rand(n_box, 3, generator=generator, device=drawn_on).to(device) * (high - low)
-    return torch.cat([band_points, near, box])
+    """Points (K, n, 3) mm around each of the K structures ``known`` (indices (K,) int64), all
+    drawn at once: half in its boundary band (jittered voxels), a quarter near its current
+    surface, a quarter uniform in the box around both, that quarter and the band's half where
+    the label map has no voxel of it (a view that does not show it). ``verts`` (V, 3) mm are
+    all structures' vertices, ``vert_rows`` (S, W) each structure's rows of them, padded with
+    its first (:func:`padded_rows`), and ``vert_counts`` (S,) how many are its own."""
+    device, k = verts.device, known.shape[0]
+    n_band, n_near = n // 2, n // 4
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device=generator.device).to(device)
+
+    in_band = target.band_count[known][:, None]  # (K, 1)
+    offset = torch.minimum((uniform(k, n_band) * in_band).long(), (in_band - 1).clamp(min=0))
+    voxels = target.band[target.band_start[known][:, None] + offset] + uniform(k, n_band, 3) - 0.5
+    band_points = target.to_world(voxels.reshape(-1, 3)).reshape(k, n_band, 3)
+    rows, own = vert_rows[known], vert_counts[known][:, None]  # (K, W), (K, 1)
+    near_rows = rows.gather(1, torch.minimum((uniform(k, n_near) * own).long(), own - 1))
+    noise = torch.randn(k, n_near, 3, generator=generator, device=generator.device).to(device)
+    near = verts.detach()[near_rows] + noise_mm * noise
+    current = verts.detach()[rows]  # (K, W, 3)
+    low = torch.minimum(target.low[known], current.amin(dim=1))[:, None] - 5.0
+    high = torch.maximum(target.high[known], current.amax(dim=1))[:, None] + 5.0
+    box = low + uniform(k, n - n_near, 3) * (high - low)
+    band_or_box = torch.where(in_band[:, :, None] > 0, band_points, box[:, :n_band])
+    return torch.cat([band_or_box, near, box[:, n_band:]], dim=1)
 
 
 def fit_template(
@@ -663,14 +682,17 @@ def fit_template(
     # The loop draws its random numbers on the device (a generator there, seeded alike): drawn on
     # the CPU, each copy to a GPU would wait for it. On a CPU this is the same generator.
     step_generator = generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
-    # Per label map: occupancy points per structure, the structures it annotates and their indices (S_known, 1).
-    occupancy_views = [(view, n_points, known, torch.tensor(known, device=device)[:, None])
+    # Per label map: occupancy points per structure, the structures it annotates and their indices (S_known,).
+    occupancy_views = [(view, n_points, known, torch.tensor(known, device=device))
                        for view, n_points in ((target, points_per_structure),
                                               *((t, points_per_structure // 2) for t in view_targets))
                        if (known := [s for s in range(len(names)) if view.known[s]])]
     # Each structure's faces among the merged ones, padded (the dense loop's FaceDipoles.of_merged).
     face_rows, own_face = padded_rows([int(f.shape[0]) for f in faces], device)
     face_real = own_face[:, :, None].to(placed.dtype)
+    vert_rows, _ = padded_rows(sizes, device)
+    vert_counts = torch.tensor(sizes, device=device)
+    smoothing_mm = torch.tensor(smoothing, dtype=placed.dtype, device=device)
     padded_surfaces = [p for p in (_PaddedSurfaces.of(view, sizes, device) for view in (target, *view_targets))
                        if p is not None] if dense else []
     losses: dict[str, list[float]] = {k: [] for k in ("occupancy", "surface", "mie", "laplacian", "normal", "total")}
@@ -689,13 +711,13 @@ def fit_template(
             if use_occupancy:
                 bce = []  # per view, (S_known,): each structure's mean BCE
                 for view, n_points, known, index in occupancy_views:
-                    points = view.onto_slices(torch.cat([
-                        _sample_occupancy_points(view, s, meshes[s][0], n_points, 1.5 * voxel_mm, step_generator)
-                        for s in known])).reshape(len(known), n_points, 3)
+                    drawn = _sample_occupancy_points(view, index, verts, vert_rows, vert_counts, n_points,
+                                                     1.5 * voxel_mm, step_generator)
+                    points = view.onto_slices(drawn.reshape(-1, 3)).reshape(len(known), n_points, 3)
                     truth = view.label_at(points.reshape(-1, 3)).reshape(len(known), n_points)
                     if dense:  # all the structures in one batched evaluation
-                        soft = soft_occupancy_batch(points, dipoles.select(known), [smoothing[s] for s in known])
-                        bce.append(_occupancy_bce(soft, (truth == index).to(soft.dtype), written_out=True))
+                        soft = soft_occupancy_batch(points, dipoles.select(known), smoothing_mm[index])
+                        bce.append(_occupancy_bce(soft, (truth == index[:, None]).to(soft.dtype), written_out=True))
                     else:
                         bce.append(torch.stack([
                             _occupancy_bce(soft_occupancy(points[i], *meshes[s], smoothing[s]),
