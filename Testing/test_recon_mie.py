@@ -119,8 +119,14 @@ def test_a_batch_of_meshes_of_different_sizes_gives_each_mesh_its_own_occupancy(
     assert 0.1 < float(results[0][0].mean()) < 0.9  # points inside and outside
     for one_by_one, batch in zip(*results, strict=True):
         assert torch.allclose(one_by_one, batch, rtol=0, atol=1e-10)
-    with pytest.raises(CardioInputError, match="one positive smoothing length per mesh"):
-        soft_occupancy_batch(points, FaceDipoles.of_meshes([(v.double(), f) for v, f in meshes]), [1.0, 0.0, 1.0])
+    dipoles = FaceDipoles.of_meshes([(v.double(), f) for v, f in meshes])
+    # Lengths made once as a device tensor (what the fit passes every step): the same values.
+    assert torch.equal(soft_occupancy_batch(points, dipoles, torch.tensor(smoothing)), results[1][0])
+    assert torch.allclose(dipoles.low[1], meshes[1][0].double().amin(dim=0)) and torch.allclose(
+        dipoles.high[2], meshes[2][0].double().amax(dim=0))  # each mesh's own box, padding aside
+    for bad in ([1.0, 0.0, 1.0], torch.tensor([1.0, 2.0])):
+        with pytest.raises(CardioInputError, match="one positive smoothing length per mesh"):
+            soft_occupancy_batch(points, dipoles, bad)
 
 
 def test_face_dipoles_of_merged_meshes_equal_those_of_the_meshes() -> None:
