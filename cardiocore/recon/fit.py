@@ -543,6 +543,7 @@ def fit_template(
     points_per_structure: int = 384,
     mie_points: int = 768,
     mie_refresh: int = 10,
+    mie_candidates_per_surface: int = 256,
     coarse_fraction: float = 0.4,
     learning_rate_mm: float = 1.0,
     mie_sharpening: float = 0.5,
@@ -572,6 +573,8 @@ def fit_template(
         min_voxels: structures with fewer voxels are treated as missing.
         points_per_structure: occupancy points per structure and step.
         mie_points: MIE query points per step; mie_refresh: steps between violation searches.
+        mie_candidates_per_surface: violation-search candidates sampled just inside each
+            surface (:func:`cardiocore.recon.mie.candidate_pool`; more find thinner overlaps).
         coarse_fraction: share of the steps in the coarse (low-frequency) stage.
         learning_rate_mm: Adam step size of the offsets, mm (decays to a tenth).
         mie_sharpening: smoothing length of the MIE occupancy relative to that of the occupancy
@@ -734,7 +737,8 @@ def fit_template(
                 terms["surface"] = weights.surface * torch.cat(chamfer).mean()
             if use_mie and rules.rules:
                 if violations is None or step % mie_refresh == 0:
-                    pool, source = candidate_pool(meshes, generator=step_generator)
+                    pool, source = candidate_pool(meshes, n_per_surface=mie_candidates_per_surface,
+                                                  generator=step_generator)
                     violations = detect_violations(meshes, names, rules.rules, pool, source, dense=dense)
                 low, high = bounding_box(meshes)
                 query, is_violation = sample_query_points(violations, low, high, mie_points,

@@ -4,6 +4,10 @@ surface distance only for each seed given, scores them as the benchmark does, an
 seed's median mean VR of both and the cut (target >= 80 %), with the mean Dice gap.
 
     .venv/bin/python docs/benchmarks/recon/vr_cut_seeds.py 0 1 2
+    .venv/bin/python docs/benchmarks/recon/vr_cut_seeds.py --candidates-per-surface 1024 0 1 2
+
+``--candidates-per-surface N``: the MIE fits' violation-search candidates per surface
+(``fit_template(mie_candidates_per_surface=N)``, default 256).
 """
 
 from __future__ import annotations
@@ -18,14 +22,19 @@ from cardiocore.recon.evaluate import evaluate_meshes
 from cardiocore.recon.fit import fit_template
 from cardiocore.recon.template import load_template
 
+arguments = sys.argv[1:]
+candidates = {}
+if arguments[:1] == ["--candidates-per-surface"]:
+    candidates, arguments = {"mie_candidates_per_surface": int(arguments[1])}, arguments[2:]
 cases, template = mmwhs_cases("../shared/data/mmwhs_ct_labels"), load_template()
-for seed in (int(arg) for arg in sys.argv[1:]):
+for seed in (int(arg) for arg in arguments):
     figures = {}
     for method in ("MIE", "surface only"):
         vr, dice = [], []
         for case in cases:
             result = fit_template(case.labels, case.ijk_to_ras, case.rules, template, steps=DEFAULT_STEPS,
-                                  seed=seed, device="cpu", **_FIT_SWITCHES[method])
+                                  seed=seed, device="cpu", **_FIT_SWITCHES[method],
+                                  **(candidates if method == "MIE" else {}))
             label_of = {s.name: s.label for s in case.rules.structures}
             metrics = evaluate_meshes(dict(zip(result.names, result.meshes(), strict=True)), case.labels,
                                       case.ijk_to_ras, label_of, case.rules, vr_points=VR_POINTS, svr_points=SVR_POINTS)
