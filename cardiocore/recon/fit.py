@@ -179,20 +179,20 @@ class _PaddedSurfaces(NamedTuple):
     one_sided: bool
 
     @classmethod
-    def of(cls, view: _Target, sizes: Sequence[int], device: torch.device) -> _PaddedSurfaces | None:
-        """For the structures with boundary points in ``view`` (None if none); ``sizes``: the
-        vertex count of every fitted structure, in the merged vertex order."""
+    def of(cls, view: _Target, vert_rows: torch.Tensor, vert_own: torch.Tensor) -> _PaddedSurfaces | None:
+        """For the structures with boundary points in ``view`` (None if none); ``vert_rows``,
+        ``vert_own`` (S, W): every fitted structure's rows of the merged vertices
+        (:func:`padded_rows`)."""
         have = [s for s, surface in enumerate(view.surface) if surface is not None]
         if not have:
             return None
         points = [view.surface[s].points for s in have]
-        width = max(p.shape[0] for p in points)
-        rows, own = padded_rows(sizes, device)
+        width, device = max(p.shape[0] for p in points), vert_rows.device
         return cls(
             points=torch.stack([torch.cat([p, p[:1].expand(width - p.shape[0], 3)]) for p in points]),
             point_valid=torch.stack([torch.arange(width, device=device) < p.shape[0] for p in points]),
-            vert_index=torch.stack([rows[s] for s in have]),
-            vert_valid=torch.stack([own[s] for s in have]),
+            vert_index=torch.stack([vert_rows[s] for s in have]),
+            vert_valid=torch.stack([vert_own[s] for s in have]),
             one_sided=view.surface[have[0]].one_sided,
         )
 
@@ -693,10 +693,10 @@ def fit_template(
     # Each structure's faces among the merged ones, padded (the dense loop's FaceDipoles.of_merged).
     face_rows, own_face = padded_rows([int(f.shape[0]) for f in faces], device)
     face_real = own_face[:, :, None].to(placed.dtype)
-    vert_rows, _ = padded_rows(sizes, device)
+    vert_rows, vert_own = padded_rows(sizes, device)
     vert_counts = torch.tensor(sizes, device=device)
     smoothing_mm = torch.tensor(smoothing, dtype=placed.dtype, device=device)
-    padded_surfaces = [p for p in (_PaddedSurfaces.of(view, sizes, device) for view in (target, *view_targets))
+    padded_surfaces = [p for p in (_PaddedSurfaces.of(view, vert_rows, vert_own) for view in (target, *view_targets))
                        if p is not None] if dense else []
     losses: dict[str, list[float]] = {k: [] for k in ("occupancy", "surface", "mie", "laplacian", "normal", "total")}
     violations: Violations | None = None

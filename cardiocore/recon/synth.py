@@ -115,12 +115,9 @@ class LabelCase:
 
 
 def _boundary_points(mask: np.ndarray, ijk_to_ras: np.ndarray, n_surface: int, rng: np.random.Generator) -> np.ndarray:
-    """At most ``n_surface`` marching-cubes vertices (N, 3) float32 RAS mm of a full-resolution mask,
-    meshed inside its bounding box only."""
-    nonzero = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    low = np.array([n[0] for n in nonzero])
-    box = mask[tuple(slice(lo, n[-1] + 1) for lo, n in zip(low, nonzero, strict=True))]
-    verts, _ = surface_from_mask(box, shifted_matrix(ijk_to_ras, low))
+    """At most ``n_surface`` marching-cubes vertices (N, 3) float32 RAS mm of a full-resolution mask
+    (:func:`surface_from_mask` meshes only the box around its voxels)."""
+    verts, _ = surface_from_mask(mask, ijk_to_ras)
     points = verts.numpy().astype(np.float32)
     if points.shape[0] > n_surface:
         points = points[rng.choice(points.shape[0], n_surface, replace=False)]
