@@ -24,15 +24,15 @@ from cardiocore.recon.template import HeartTemplate, default_template_path, load
 # Measured (docs/benchmarks/recon/fit_dense_vs_cpu.py) with the default FitWeights and the
 # resolution step on the oblique phantom below (phantom seed 3, 100 steps, one thread): the CPU
 # loop over fit seeds 0-6 / the dense loop (``dense=True``, what a GPU runs) over seeds 0-2:
-# LV cavity 0.979-0.985 / 0.974-0.980, myocardium 0.924-0.944 / 0.925-0.944, RV 0.955-0.969 /
-# 0.960-0.971, LA 0.985-0.992 / 0.984-0.993, RA 0.971-0.990 / 0.971-0.988, aorta 0.868-0.961 /
-# 0.870-0.905, pulmonary artery 0.962-0.971 / 0.966-0.968 (the draws before the occupancy points
-# were drawn in one batch, CPU loop, seeds 0-6: aorta 0.887-0.934, the others alike). The
-# myocardium is a ~10 mm wall sampled by ~2.2 mm voxels, so a sub-voxel shift of either face
-# costs it more Dice than the cavities; the aorta is the structure that differs most from the
-# template and converges last. Thresholds: about 0.01 under the lowest of these.
+# LV cavity 0.975-0.984 / 0.978-0.980, myocardium 0.927-0.945 / 0.935-0.943, RV 0.957-0.971 /
+# 0.955-0.969, LA 0.987-0.991 / 0.988-0.991, RA 0.972-0.988 / 0.973-0.988, aorta 0.862-0.922 /
+# 0.867-0.881, pulmonary artery 0.963-0.972 / 0.960-0.972 (with 256 violation candidates per
+# surface instead of 1,024, CPU loop: aorta 0.868-0.961, the others alike). The myocardium is a
+# ~10 mm wall sampled by ~2.2 mm voxels, so a sub-voxel shift of either face costs it more Dice
+# than the cavities; the aorta is the structure that differs most from the template and
+# converges last. Thresholds: about 0.01 under the lowest of these.
 DICE_MIN = {"lv_cavity": 0.96, "lv_myocardium": 0.915, "rv": 0.945, "la": 0.97, "ra": 0.96,
-            "aorta": 0.86, "pulmonary_artery": 0.95}
+            "aorta": 0.85, "pulmonary_artery": 0.95}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -121,11 +121,11 @@ def test_thick_slice_axis_finds_a_short_axis_stack_and_nothing_else() -> None:
 def test_a_thick_slice_stack_is_fitted_on_its_slice_planes(template: HeartTemplate) -> None:
     """A short-axis-like stack with known truth: the phantom's LV and RV sampled on 15 mm slices
     (2 mm pixels), scored against the same phantom on a 2 mm grid. Measured (seed 3, 100 steps,
-    one thread): fitted on the planes (the default for such a stack) Dice 0.945 cavity, 0.875
-    myocardium, 0.931 RV; fitted as a volume (each label filling its 15 mm slab) 0.896, 0.826,
-    0.889 (before the occupancy points were drawn in one batch: 0.936, 0.873, 0.931 and 0.899,
-    0.816, 0.891). At 10 mm slices the two are within 0.01 of each other. Thresholds: measured
-    - 0.02 (set with the earlier figures)."""
+    one thread): fitted on the planes (the default for such a stack) Dice 0.940 cavity, 0.870
+    myocardium, 0.932 RV; fitted as a volume (each label filling its 15 mm slab) 0.899, 0.838,
+    0.898 (with 256 violation candidates per surface: 0.945, 0.875, 0.931 and 0.896, 0.826,
+    0.889). At 10 mm slices the two are within 0.01 of each other. Thresholds: about measured
+    - 0.02."""
     keep = (1, 2, 3)
     stack = heart_label_phantom(shape=(64, 64, 8), spacing=(2.0, 2.0, 15.0), seed=3)
     dense = heart_label_phantom(shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0), seed=3)
@@ -182,12 +182,12 @@ def test_long_axis_views_add_what_the_short_axis_stack_misses(template: HeartTem
     """Six 15 mm slices leave the base and apex to the template; two single-slice views through
     the heart's centre on their own grids (as long-axis cines are) pin them. Dice against the
     phantom on a 2 mm grid (phantom seed 3, 100 steps, one thread), fit seeds 0-7
-    (`docs/benchmarks/recon/fit_views_seeds.py`), with the views: cavity 0.935-0.951,
-    myocardium 0.855-0.889, RV 0.918-0.936 (seed 0, the one tested: 0.948, 0.864, 0.920).
-    Over the whole heart the views' gain is within the seeds' spread (summed Dice +0.001 to
-    +0.035); beyond the stack's first and last slices, where they are meant to help, the summed
-    Dice of the three structures rises on every seed, by 0.06-0.28 (median 0.21; stack alone
-    2.26-2.39, with the views 2.44-2.61), mostly the myocardium's and the RV's. Thresholds:
+    (`docs/benchmarks/recon/fit_views_seeds.py`), with the views: cavity 0.940-0.953,
+    myocardium 0.846-0.879, RV 0.917-0.934 (seed 0, the one tested: 0.947, 0.856, 0.926).
+    Over the whole heart the views' gain is within the seeds' spread (summed Dice -0.025 to
+    +0.045); beyond the stack's first and last slices, where they are meant to help, the summed
+    Dice of the three structures rises on every seed, by 0.09-0.26 (median 0.20; stack alone
+    2.26-2.42, with the views 2.48-2.63), mostly the RV's and the myocardium's. Thresholds:
     each lowest - ~0.005; the gain beyond the stack >= 0.05."""
     labels, matrix, dense, views = _six_slice_study()
     view_maps = [(np.where(np.isin(v.labels, (1, 2, 3)), v.labels, 0), v.ijk_to_ras) for v in views]
@@ -197,7 +197,7 @@ def test_long_axis_views_add_what_the_short_axis_stack_misses(template: HeartTem
                                      views=view_maps if with_views else ())
             for with_views in (False, True)}
     scores = _dice_against(fits[True], dense, rules)
-    minimum = {"lv_cavity": 0.93, "lv_myocardium": 0.85, "rv": 0.912}
+    minimum = {"lv_cavity": 0.935, "lv_myocardium": 0.84, "rv": 0.912}
     assert all(scores[n] >= minimum[n] for n in minimum), scores
     apex_and_base = {with_views: _dice_against(fit, dense, rules, beyond) for with_views, fit in fits.items()}
     assert sum(apex_and_base[True].values()) >= sum(apex_and_base[False].values()) + 0.05, apex_and_base
@@ -213,9 +213,10 @@ def test_a_structure_a_view_does_not_annotate_is_unknown_there(template: HeartTe
     planes). Read as annotating every structure, the views call the LV background on their planes
     and cut into it; annotating the RV alone (:class:`FitView`), they leave the LV to the stack
     and still pin the RV. Measured (seed 3, 100 steps), Dice on a 2 mm grid, LV cavity /
-    myocardium / RV: stack alone 0.936 / 0.876 / 0.919 (previous test, fit seed 0); views as
-    "all" 0.621 / 0.720 / 0.942; views as "rv" 0.926 / 0.827 / 0.947 (before the occupancy points
-    were drawn in one batch: 0.925 / 0.843 / 0.951). Thresholds: about measured - 0.02."""
+    myocardium / RV: stack alone 0.943 / 0.892 / 0.919 (previous test, fit seed 0); views as
+    "all" 0.702 / 0.711 / 0.938; views as "rv" 0.930 / 0.848 / 0.945 (with 256 violation
+    candidates per surface: 0.621 / 0.720 / 0.942 and 0.926 / 0.827 / 0.947). Thresholds: about
+    the lowest measured - 0.02."""
     labels, matrix, dense, views = _six_slice_study()
     rv_only = [(np.where(v.labels == 3, 3, 0), v.ijk_to_ras) for v in views]
     assert all(np.isin(v.labels, (1, 2)).sum() > 200 for v in views)  # the LV is on both planes
@@ -255,9 +256,9 @@ def test_fit_with_mie_removes_a_planted_penetration(template: HeartTemplate) -> 
     before = float(volume_violation_rate(planted_cavity, cavity[1], *wall, n_points=4000, generator=generator))
     assert before > 0.02
 
-    # Measured: VR 12.6 % planted; after 80 steps without the resolution step 0.34-0.54 % with MIE
+    # Measured: VR 12.6 % planted; after 80 steps without the resolution step 0.41-0.47 % with MIE
     # (three VR estimates of 12,000 points), while the same fit without MIE leaves 2.15-2.51 % (the
-    # two surfaces share the endocardium); this fit (MIE, resolution step) 0.00-0.02 %.
+    # two surfaces share the endocardium); this fit (MIE, resolution step) 0.00 % in all three.
     result = fit_template(labels, phantom.ijk_to_ras, RuleSet.default(), planted, steps=80)
     assert result.names == ("lv_cavity", "lv_myocardium") and "rv" in result.missing
     (cav_v, cav_f), (wall_v, wall_f) = result.meshes()

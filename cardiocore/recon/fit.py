@@ -543,7 +543,7 @@ def fit_template(
     points_per_structure: int = 384,
     mie_points: int = 768,
     mie_refresh: int = 10,
-    mie_candidates_per_surface: int = 256,
+    mie_candidates_per_surface: int = 1024,
     coarse_fraction: float = 0.4,
     learning_rate_mm: float = 1.0,
     mie_sharpening: float = 0.5,
@@ -575,6 +575,9 @@ def fit_template(
         mie_points: MIE query points per step; mie_refresh: steps between violation searches.
         mie_candidates_per_surface: violation-search candidates sampled just inside each
             surface (:func:`cardiocore.recon.mie.candidate_pool`; more find thinner overlaps).
+            1,024 rather than the pool's 256 that training draws at every batch: a fit searches
+            only every ``mie_refresh`` steps, and with 256 a septal overlap of ~1 % of the
+            myocardium could go unsampled for the whole fit (docs/benchmarks/recon/vr-cut-seeds.txt).
         coarse_fraction: share of the steps in the coarse (low-frequency) stage.
         learning_rate_mm: Adam step size of the offsets, mm (decays to a tenth).
         mie_sharpening: smoothing length of the MIE occupancy relative to that of the occupancy

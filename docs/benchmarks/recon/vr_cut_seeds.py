@@ -4,10 +4,10 @@ surface distance only for each seed given, scores them as the benchmark does, an
 seed's median mean VR of both and the cut (target >= 80 %), with the mean Dice gap.
 
     .venv/bin/python docs/benchmarks/recon/vr_cut_seeds.py 0 1 2
-    .venv/bin/python docs/benchmarks/recon/vr_cut_seeds.py --candidates-per-surface 1024 0 1 2
+    .venv/bin/python docs/benchmarks/recon/vr_cut_seeds.py --candidates-per-surface 256 0 1 2
 
 ``--candidates-per-surface N``: the MIE fits' violation-search candidates per surface
-(``fit_template(mie_candidates_per_surface=N)``, default 256).
+(``fit_template(mie_candidates_per_surface=N)``; without it, the fit's default, 1,024).
 """
 
 from __future__ import annotations
