@@ -361,14 +361,13 @@ def soft_occupancy_batch(
     """
     centroids, areas = dipoles.centroids, dipoles.areas
     count = centroids.shape[0]
-    given = smoothing.shape if isinstance(smoothing, torch.Tensor) else (len(smoothing),)
-    if (count != points.shape[0] or tuple(given) != (count,)
-            or (not isinstance(smoothing, torch.Tensor) and min(smoothing) <= 0)):
-        shown = tuple(given) if isinstance(smoothing, torch.Tensor) else list(smoothing)
+    numbers = not isinstance(smoothing, torch.Tensor)
+    given = (len(smoothing),) if numbers else tuple(smoothing.shape)
+    if count != points.shape[0] or given != (count,) or (numbers and min(smoothing, default=0.0) <= 0):
         raise CardioInputError("soft_occupancy_batch", f"needs one (P, 3) point set and one positive smoothing "
                                f"length per mesh, got {tuple(points.shape)} points, {count} meshes and "
-                               f"smoothing {shown}")
-    lengths = smoothing if isinstance(smoothing, torch.Tensor) else _per_mesh_lengths(smoothing, centroids)
+                               f"smoothing {list(smoothing) if numbers else given}")
+    lengths = _per_mesh_lengths(smoothing, centroids) if numbers else smoothing
     s2 = lengths.to(centroids.dtype).reshape(count, 1, 1) ** 2
     chunk = max(1, BATCH_PAIRS.get(points.device.type, BATCH_PAIRS["cpu"]) // (count * centroids.shape[1]))
     w = _DipoleSum.apply(points.detach().to(centroids.dtype), centroids, areas, s2, chunk)
