@@ -277,7 +277,7 @@ def add_recon_commands(commands: Any) -> None:
                          help="RAS mm centre of the network's field of view (default: the image centre)")
     predict.add_argument("--refine-steps", type=int, default=0, metavar="N",
                          help="refine the meshes against the network's own segmentation for N fit steps "
-                              "(default 0: off; 60 takes about 10 s on 2 CPU cores)")
+                              "(default 0: off; 60 takes about 8 s on 2 CPU cores)")
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     predict.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     predict.set_defaults(handler=_cmd_predict)

@@ -25,7 +25,7 @@ from cardiocore.errors import CardioInputError, VolumeError, WeightsError
 from cardiocore.geometry.grid import checked_matrix
 from cardiocore.recon.fit import FitResult
 from cardiocore.recon.predict_net import MeshPredictionNet, PredictNetSpec
-from cardiocore.recon.refine import refine_to_segmentation
+from cardiocore.recon.refine import DECODER_VOTE, fused_segmentation, refine_to_segmentation
 from cardiocore.recon.resolve import Mesh, ResolveReport, resolve_meshes
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.template import HeartTemplate
@@ -146,11 +146,14 @@ class NetworkOutput(NamedTuple):
     labels: (D, D, D) int64 structure index of the segmentation head (argmax; 0 background,
         s + 1 for structure s of the predictor's names), on the network grid.
     labels_ijk_to_ras: (4, 4) float64 voxel-to-RAS matrix of ``labels``, mm.
+    probabilities: (S + 1, D, D, D) float32 softmax of the segmentation head (channels as
+        ``labels``), on the same grid.
     """
 
     verts: torch.Tensor
     labels: np.ndarray
     labels_ijk_to_ras: np.ndarray
+    probabilities: torch.Tensor
 
 
 def run_network(predictor: MeshPredictor, grid: torch.Tensor, frame_to_ras: np.ndarray) -> NetworkOutput:
@@ -164,10 +167,11 @@ def run_network(predictor: MeshPredictor, grid: torch.Tensor, frame_to_ras: np.n
         output = predictor.net(grid.to(device=device, dtype=torch.float32)[None, None])
     transform = torch.as_tensor(frame_to_ras, dtype=torch.float64)
     verts = (output.stages[-1][0].double().cpu() @ transform[:3, :3].T + transform[:3, 3]).float()
-    labels = output.logits[0].argmax(dim=0).cpu().numpy()
+    probabilities = output.logits[0].float().softmax(dim=0).cpu()
     spec = predictor.spec
-    return NetworkOutput(verts, labels, np.asarray(frame_to_ras, dtype=np.float64) @ frame_grid_matrix(
-        spec.grid_size, spec.spacing_mm))
+    return NetworkOutput(verts, probabilities.argmax(dim=0).numpy(),
+                         np.asarray(frame_to_ras, dtype=np.float64) @ frame_grid_matrix(spec.grid_size, spec.spacing_mm),
+                         probabilities)
 
 
 class FinishedMeshes(NamedTuple):
@@ -192,13 +196,16 @@ def finish_meshes(
     keep: Sequence[str],
     *,
     refine_steps: int = 0,
+    decoder_vote: float = DECODER_VOTE,
     resolve: bool = True,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FinishedMeshes:
     """The meshes of the structures ``keep`` (in predictor order) from the network's output:
-    refined against the network's segmentation for ``refine_steps`` steps when > 0
-    (:func:`cardiocore.recon.refine.refine_to_segmentation`; ``should_stop`` ends it early), then
+    refined against the network's segmentation for ``refine_steps`` steps when > 0 (its head's
+    probabilities with ``decoder_vote`` for the decoder's meshes,
+    :func:`cardiocore.recon.refine.fused_segmentation`;
+    :func:`cardiocore.recon.refine.refine_to_segmentation`; ``should_stop`` ends it early), then
     resolved by the default rules between the known structures when ``resolve``."""
     if refine_steps < 0:
         raise CardioInputError("refine steps", f"must be 0 (no refinement) or more, got {refine_steps}")
@@ -211,7 +218,8 @@ def finish_meshes(
             if progress:
                 progress(0.8 * step / steps, f"refining against the network's segmentation: step {step}/{steps}")
 
-        meshes, refined = refine_to_segmentation(meshes, predictor.names, output.labels, output.labels_ijk_to_ras,
+        target = fused_segmentation(output.probabilities, meshes, output.labels_ijk_to_ras, decoder_vote)
+        meshes, refined = refine_to_segmentation(meshes, predictor.names, target, output.labels_ijk_to_ras,
                                                  steps=refine_steps, only=names,
                                                  device=next(predictor.net.parameters()).device,
                                                  progress=step_progress, should_stop=should_stop)

@@ -21,6 +21,7 @@ import torch
 
 from cardiocore.recon.evaluate import evaluate_meshes
 from cardiocore.recon.predict import MeshPredictor, finish_meshes, run_network
+from cardiocore.recon.refine import DECODER_VOTE
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.synth import LabelCase, SynthOptions, synthesize_sample
 
@@ -37,11 +38,13 @@ def evaluate_on_synthetic(
     vr_points: int = 20_000,
     resolve: bool = True,
     refine_steps: int = 0,
+    decoder_vote: float = DECODER_VOTE,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per image: ``case``, ``image``, ``dice_<structure>``, ``hd95_mm_<structure>``,
     ``chamfer_mm`` (mean over structures), ``max_vr_percent``, ``self_intersections`` (sum),
-    ``seconds`` (network, refinement and resolution time)."""
+    ``seconds`` (network, refinement and resolution time). ``refine_steps`` and ``decoder_vote``:
+    :func:`cardiocore.recon.predict.finish_meshes`."""
     spec = predictor.spec
     rules = RuleSet.default().subset(predictor.names)
     label_of = {name: s + 1 for s, name in enumerate(predictor.names)}
@@ -53,7 +56,8 @@ def evaluate_on_synthetic(
             start = time.perf_counter()
             output = run_network(predictor, sample.image, sample.frame_to_ras)
             present = [n for n in predictor.names if case.surfaces[label_of[n] - 1].shape[0] > 0]
-            meshes = finish_meshes(predictor, output, present, refine_steps=refine_steps, resolve=resolve).meshes
+            meshes = finish_meshes(predictor, output, present, refine_steps=refine_steps, decoder_vote=decoder_vote,
+                                   resolve=resolve).meshes
             seconds = time.perf_counter() - start
             metrics = evaluate_meshes(dict(zip(present, meshes, strict=True)), case.index, case.ijk_to_ras, label_of,
                                       rules, vr_points=vr_points)

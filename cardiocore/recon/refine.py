@@ -3,12 +3,16 @@
 The Predict network has two heads over one U-Net: a segmentation head (per-voxel structure
 logits on its grid) and the graph decoder that deforms the template. On held-out images the
 decoder's thin structures are its weak point (the LV myocardium above all), while the
-segmentation head, trained on the same images, traces them better. Refinement takes the head's
-label map (argmax over structures, on the network grid) as a fit target and runs
-:func:`cardiocore.recon.fit.fit_template` from the predicted meshes: the same occupancy,
+segmentation head, trained on the same images, traces them better, and the decoder's large
+chambers are better than the head's (fitted to the head's argmax alone, the held-out LV cavity
+fell from Dice 0.92 to 0.88, ``docs/benchmarks/recon/refine-1.3.0.txt`` before 2026-12-07).
+Refinement therefore fits to a label map
+that takes both into account (:func:`fused_segmentation`: each voxel takes the structure of the
+highest head probability plus :data:`DECODER_VOTE` for the structure whose decoder mesh holds the
+voxel), and runs :func:`cardiocore.recon.fit.fit_template` from the predicted meshes: the same occupancy,
 surface, MIE, Laplacian and normal terms as Fit mode (the last two weighted more,
 :data:`REFINE_WEIGHTS`), so the meshes keep the template topology and stay smooth, only pulled
-onto the head's boundaries. It costs a short fit (tens of steps) on top of the forward pass;
+onto that label map's boundaries. It costs a short fit (tens of steps) on top of the forward pass;
 ``cardio bench recon --predict-only --refine-steps N`` measures both.
 """
 
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 
 from cardiocore.errors import CardioInputError
+from cardiocore.geometry.voxelize import voxelize_mesh
 from cardiocore.recon.fit import FitWeights, fit_template
 from cardiocore.recon.resolve import Mesh
 from cardiocore.recon.rules import RuleSet, Structure
@@ -34,6 +39,13 @@ weights. The target is an argmax segmentation on 3 mm voxels, blockier and noisi
 user's label map; with Fit's own weights the atria and great vessels folded (up to 49
 self-intersecting face pairs left after the resolution step on 3 of 8 held-out images), with
 these none did on the images checked, at the same Dice (``docs/benchmarks/recon/refine-1.2.0.txt``)."""
+
+DECODER_VOTE = 0.5
+"""What a decoder mesh adds to the head's probability (0-1) of its structure at the voxels it
+holds (and the background where no mesh does): a voxel keeps the decoder's structure unless the
+head is this much surer of another. 0 fits the head's argmax alone; 1 or more the decoder's own
+voxelisation. Chosen on tuning images that no reported figure uses
+(``docs/benchmarks/recon/refine-target-tuning.txt``)."""
 
 MIN_VOXELS = 20
 """Structures with fewer voxels in the segmentation are not refined (nothing to fit to)."""
@@ -53,6 +65,41 @@ def segmentation_rule_set(names: Sequence[str]) -> RuleSet:
         for s, name in enumerate(names)
     )
     return RuleSet.label_map(structures)
+
+
+def fused_segmentation(
+    probabilities: torch.Tensor | np.ndarray,
+    meshes: Sequence[Mesh],
+    ijk_to_ras: np.ndarray,
+    decoder_vote: float = DECODER_VOTE,
+) -> np.ndarray:
+    """The refinement target: the head's probabilities with a vote for the decoder's meshes.
+
+    Args:
+        probabilities: (S + 1, I, J, K) per-voxel probabilities of the segmentation head (channel 0
+            background, s + 1 structure s), summing to 1 over channels.
+        meshes: per structure s, the decoder's (vertices (V_s, 3) RAS mm, faces (F_s, 3) int64),
+            closed.
+        ijk_to_ras: (4, 4) voxel-to-RAS matrix of the probability grid, mm.
+        decoder_vote: added to channel s + 1 at the voxels whose centre lies inside mesh s, and to
+            channel 0 at those inside no mesh (where meshes overlap, both get it).
+
+    Returns:
+        (I, J, K) int64 structure index (0 background, s + 1 structure s): the argmax.
+    """
+    scores = torch.as_tensor(probabilities, dtype=torch.float32).cpu().clone()
+    if scores.dim() != 4 or scores.shape[0] != len(meshes) + 1:
+        raise CardioInputError("probabilities", f"must have shape (S + 1, I, J, K) for {len(meshes)} meshes, "
+                                                f"got {tuple(scores.shape)}")
+    if decoder_vote < 0:
+        raise CardioInputError("decoder vote", f"must be 0 or more, got {decoder_vote}")
+    claimed = torch.zeros(scores.shape[1:], dtype=torch.bool)
+    for s, (verts, faces) in enumerate(meshes):
+        inside = voxelize_mesh(verts.detach().cpu(), faces.cpu(), scores.shape[1:], ijk_to_ras)
+        scores[s + 1] += decoder_vote * inside
+        claimed |= inside
+    scores[0] += decoder_vote * ~claimed
+    return scores.argmax(dim=0).numpy()
 
 
 def refine_to_segmentation(
