@@ -74,7 +74,7 @@ class CardioReconstruct(ScriptedLoadableModule):
             "(the bundled network was trained on few label maps: check its meshes); its 192 mm field of view is "
             "centred on the image, or on the first point of the Heart centre point list when one is chosen; "
             "'Refine against the network's segmentation' then fits the meshes to the network's own segmentation "
-            "(about 8 s more on a CPU; a closer myocardium and no rule violations); a "
+            "(about 8 s more on a CPU; a closer myocardium and almost no rule violations); a "
             "segmentation selected as well serves as reference for Dice and HD95. Outputs: one "
             "watertight model per structure with the template's topology, a segmentation made from the meshes, "
             "and tables of volumes, Dice, HD95 (when there are labels) and violation rates. The input nodes are "

@@ -13,8 +13,8 @@ predicted and refined against its own segmentation for N steps; ``--contrast`` p
 models of the images (``SynthOptions.contrast``); ``--decoder-votes`` scores the refinement with
 each of these votes for the decoder's meshes in its target (``refine.fused_segmentation``; default
 ``refine.DECODER_VOTE``). The vote was chosen with ``bundled --refine-steps 60 --seed 3
---decoder-votes 0 0.3 0.5 0.7 0.9`` (8 images of ct_train_1012 that no reported figure uses):
-``refine-target-tuning.txt``. Outputs kept: 1.3.0, ``bundled --refine-steps 60
+--contrast random ct mr --decoder-votes ...`` (8 images of ct_train_1012 that no reported figure
+uses; the commands and rule in ``refine-target-tuning.txt``). Outputs kept: 1.3.0, ``bundled --refine-steps 60
 --contrast random ct mr``: ``refine-1.3.0.txt``, and on two of its training label maps
 ``bundled --refine-steps 60 --labels <ct_train_1005> <ct_train_1002> --images 3 --seed 2``:
 ``refine-1.3.0-training-maps.txt``; the same for 1.2.0 (``git show
