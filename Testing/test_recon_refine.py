@@ -13,11 +13,11 @@ import torch
 
 from cardiocore.bench.recon_predict import phantom_image
 from cardiocore.errors import CardioInputError
+from cardiocore.geometry.primitives import box_mesh
 from cardiocore.geometry.voxelize import voxelize_mesh
 from cardiocore.phantoms.heart import heart_label_phantom
 from cardiocore.recon.fit import fit_template
 from cardiocore.recon.predict import MeshPredictor, finish_meshes, predict_meshes, run_network
-from cardiocore.geometry.primitives import box_mesh
 from cardiocore.recon.refine import fused_segmentation, refine_to_segmentation, segmentation_rule_set
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.synth import image_to_frame
@@ -122,10 +122,10 @@ def test_predict_refined_meshes_agree_better_with_the_networks_own_segmentation(
     grid, frame_to_ras = image_to_frame(image, matrix, bundled.spec.grid_size, bundled.spec.spacing_mm)
     output = run_network(bundled, grid, frame_to_ras)
     decoded = list(zip(output.verts.split(bundled.net.sizes), bundled.template_faces, strict=True))
-    target = fused_segmentation(output.probabilities, decoded, output.labels_ijk_to_ras)
+    target = fused_segmentation(output.probabilities, decoded, output.ijk_to_ras)
 
     def agreement(result) -> float:
-        return float(np.mean([_dice(v, f, target, s + 1, output.labels_ijk_to_ras)
+        return float(np.mean([_dice(v, f, target, s + 1, output.ijk_to_ras)
                               for s, (v, f) in enumerate(zip(result.verts, result.faces, strict=True))]))
 
     plain, _ = predict_meshes(image, matrix, bundled)

@@ -143,17 +143,14 @@ class NetworkOutput(NamedTuple):
     """What the network says about one image, in RAS.
 
     verts: (V, 3) float32 RAS mm, the decoder's vertices (all structures, template order).
-    labels: (D, D, D) int64 structure index of the segmentation head (argmax; 0 background,
-        s + 1 for structure s of the predictor's names), on the network grid.
-    labels_ijk_to_ras: (4, 4) float64 voxel-to-RAS matrix of ``labels``, mm.
-    probabilities: (S + 1, D, D, D) float32 softmax of the segmentation head (channels as
-        ``labels``), on the same grid.
+    probabilities: (S + 1, D, D, D) float32 softmax of the segmentation head on the network grid
+        (channel 0 background, s + 1 structure s of the predictor's names).
+    ijk_to_ras: (4, 4) float64 voxel-to-RAS matrix of the network grid, mm.
     """
 
     verts: torch.Tensor
-    labels: np.ndarray
-    labels_ijk_to_ras: np.ndarray
     probabilities: torch.Tensor
+    ijk_to_ras: np.ndarray
 
 
 def run_network(predictor: MeshPredictor, grid: torch.Tensor, frame_to_ras: np.ndarray) -> NetworkOutput:
@@ -169,9 +166,8 @@ def run_network(predictor: MeshPredictor, grid: torch.Tensor, frame_to_ras: np.n
     verts = (output.stages[-1][0].double().cpu() @ transform[:3, :3].T + transform[:3, 3]).float()
     probabilities = output.logits[0].float().softmax(dim=0).cpu()
     spec = predictor.spec
-    return NetworkOutput(verts, probabilities.argmax(dim=0).numpy(),
-                         np.asarray(frame_to_ras, dtype=np.float64) @ frame_grid_matrix(spec.grid_size, spec.spacing_mm),
-                         probabilities)
+    return NetworkOutput(verts, probabilities, np.asarray(frame_to_ras, dtype=np.float64) @ frame_grid_matrix(
+        spec.grid_size, spec.spacing_mm))
 
 
 class FinishedMeshes(NamedTuple):
@@ -202,9 +198,9 @@ def finish_meshes(
     should_stop: Callable[[], bool] | None = None,
 ) -> FinishedMeshes:
     """The meshes of the structures ``keep`` (in predictor order) from the network's output:
-    refined against the network's segmentation for ``refine_steps`` steps when > 0 (its head's
-    probabilities with ``decoder_vote`` for the decoder's meshes,
-    :func:`cardiocore.recon.refine.fused_segmentation`;
+    refined against the network's segmentation for ``refine_steps`` steps when > 0 (the head's
+    probabilities plus ``decoder_vote`` for the decoder's meshes,
+    :func:`cardiocore.recon.refine.fused_segmentation`, fitted by
     :func:`cardiocore.recon.refine.refine_to_segmentation`; ``should_stop`` ends it early), then
     resolved by the default rules between the known structures when ``resolve``."""
     if refine_steps < 0:
@@ -218,8 +214,8 @@ def finish_meshes(
             if progress:
                 progress(0.8 * step / steps, f"refining against the network's segmentation: step {step}/{steps}")
 
-        target = fused_segmentation(output.probabilities, meshes, output.labels_ijk_to_ras, decoder_vote)
-        meshes, refined = refine_to_segmentation(meshes, predictor.names, target, output.labels_ijk_to_ras,
+        target = fused_segmentation(output.probabilities, meshes, output.ijk_to_ras, decoder_vote)
+        meshes, refined = refine_to_segmentation(meshes, predictor.names, target, output.ijk_to_ras,
                                                  steps=refine_steps, only=names,
                                                  device=next(predictor.net.parameters()).device,
                                                  progress=step_progress, should_stop=should_stop)

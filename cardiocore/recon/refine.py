@@ -6,13 +6,13 @@ decoder's thin structures are its weak point (the LV myocardium above all), whil
 segmentation head, trained on the same images, traces them better, and the decoder's large
 chambers are better than the head's (fitted to the head's argmax alone, the held-out LV cavity
 fell from Dice 0.92 to 0.88, ``docs/benchmarks/recon/refine-1.3.0.txt`` before 2026-12-07).
-Refinement therefore fits to a label map
-that takes both into account (:func:`fused_segmentation`: each voxel takes the structure of the
-highest head probability plus :data:`DECODER_VOTE` for the structure whose decoder mesh holds the
-voxel), and runs :func:`cardiocore.recon.fit.fit_template` from the predicted meshes: the same occupancy,
-surface, MIE, Laplacian and normal terms as Fit mode (the last two weighted more,
-:data:`REFINE_WEIGHTS`), so the meshes keep the template topology and stay smooth, only pulled
-onto that label map's boundaries. It costs a short fit (tens of steps) on top of the forward pass;
+Refinement therefore fits to a label map that takes both into account
+(:func:`fused_segmentation`: each voxel takes the structure of the highest head probability plus
+:data:`DECODER_VOTE` for the structure whose decoder mesh holds the voxel), and runs
+:func:`cardiocore.recon.fit.fit_template` from the predicted meshes: the same occupancy, surface,
+MIE, Laplacian and normal terms as Fit mode (the last two weighted more, :data:`REFINE_WEIGHTS`),
+so the meshes keep the template topology and stay smooth, only pulled onto that label map's
+boundaries. It costs a short fit (tens of steps) on top of the forward pass;
 ``cardio bench recon --predict-only --refine-steps N`` measures both.
 """
 
