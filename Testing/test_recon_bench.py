@@ -90,3 +90,9 @@ def test_recon_eval_on_fitted_meshes_gives_the_fits_own_dice(app, tmp_path, caps
     with pytest.raises(CardioInputError, match="no <structure>.vtk"):
         _cardio(["recon", "eval", "--meshes", str(empty), "--labels", str(labels_file), "--out",
                  str(tmp_path / "other.json")])
+    image_file = tmp_path / "image.nii.gz"  # an image given as the labels: refused, nothing written
+    nibabel.Nifti1Image((labels * 40 - 1000).astype(np.int16), phantom.ijk_to_ras).to_filename(image_file)
+    with pytest.raises(CardioInputError, match="image.nii.gz: holds negative values"):
+        _cardio(["recon", "eval", "--meshes", str(folder), "--labels", str(image_file), "--out",
+                 str(tmp_path / "other.json")])
+    assert not (tmp_path / "other.json").exists()

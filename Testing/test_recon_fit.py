@@ -10,7 +10,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from cardiocore.bench.dispatch import DispatchCounter
-from cardiocore.errors import CardioInputError
+from cardiocore.errors import CardioInputError, VolumeError
+from cardiocore.geometry.grid import checked_label_values
 from cardiocore.geometry.mesh import is_closed, vertex_normals
 from cardiocore.geometry.volume import enclosed_volume
 from cardiocore.geometry.voxelize import voxelize_mesh
@@ -19,7 +20,7 @@ from cardiocore.metrics.violation import volume_violation_rate
 from cardiocore.phantoms.heart import HeartPhantom, heart_label_phantom
 from cardiocore.recon.fit import FitResult, FitView, fit_template, thick_slice_axis
 from cardiocore.recon.rules import RuleSet
-from cardiocore.recon.template import HeartTemplate, default_template_path, load_template, main
+from cardiocore.recon.template import HeartTemplate, default_template_path, load_template, main, read_label_map
 
 # Measured (docs/benchmarks/recon/fit_dense_vs_cpu.py) with the default FitWeights and the
 # resolution step on the oblique phantom below (phantom seed 3, 100 steps, one thread): the CPU
@@ -275,6 +276,29 @@ def test_fit_errors_and_cancel(template: HeartTemplate) -> None:
     result = fit_template(phantom.labels, phantom.ijk_to_ras, RuleSet.default(), template, should_stop=lambda: True)
     assert result.cancelled and result.losses["total"] == []
     assert all(is_closed(f) for f in result.faces)
+
+
+def test_values_that_cannot_be_labels_are_refused_before_the_fit(template: HeartTemplate, tmp_path) -> None:
+    """An image passed as a label map (negative CT values, fractional MR or probability values,
+    NaN) is refused, not cast to integers and fitted wherever a voxel equals a label."""
+    phantom = heart_label_phantom(shape=(32, 32, 32), spacing=(4.5, 4.5, 4.5), seed=2)
+    rules = RuleSet.default()
+    with pytest.raises(VolumeError, match="labels: holds negative values \\(down to -1000\\)"):
+        fit_template(phantom.labels.astype(np.int16) * 40 - 1000, phantom.ijk_to_ras, rules, template)
+    with pytest.raises(VolumeError, match="not whole numbers \\(e.g. 0.5\\)"):
+        fit_template(phantom.labels * 0.5, phantom.ijk_to_ras, rules, template)
+    with_nan = phantom.labels.astype(np.float32)
+    with_nan[0, 0, 0] = np.nan
+    with pytest.raises(VolumeError, match="NaN or infinite"):
+        fit_template(with_nan, phantom.ijk_to_ras, rules, template)
+    with pytest.raises(VolumeError, match="view 1: holds negative values"):
+        fit_template(phantom.labels, phantom.ijk_to_ras, rules, template, views=[(-phantom.labels, phantom.ijk_to_ras)])
+    # Whole numbers stored as floats are labels; a NIfTI label map of an image is named by its path.
+    assert checked_label_values(phantom.labels.astype(np.float32)).dtype == np.float32
+    path = tmp_path / "image_as_labels.npz"
+    np.savez(path, labels=with_nan, ijk_to_ras=phantom.ijk_to_ras)
+    with pytest.raises(VolumeError, match="image_as_labels.npz: holds NaN"):
+        read_label_map(path)
 
 
 def test_a_dense_fit_waits_for_the_device_only_to_search_violations(oblique_phantom, template) -> None:

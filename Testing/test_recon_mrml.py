@@ -140,9 +140,17 @@ def test_cancel_and_bad_input_add_nothing(app) -> None:
     phantom = MODULE.phantom_segmentation()[1]
     labelmap = array_to_volume((phantom.labels > 0) * 9, phantom.ijk_to_ras, "not cardiac", labelmap=True)
     image = array_to_volume(phantom.labels * 40.0, phantom.ijk_to_ras, "image")
+    # An image loaded as a labelmap (CT values), as the input and as a view.
+    ct_as_labels = array_to_volume((phantom.labels * 40 - 1000).astype(np.int16), phantom.ijk_to_ras, "ct",
+                                   labelmap=True)
+    heart_labels = array_to_volume(phantom.labels, phantom.ijk_to_ras, "labels", labelmap=True)
     count = scene.GetNumberOfNodes()
     with pytest.raises(CardioInputError, match="no structure of the rule set"):
         reconstruct_from_labelmap(labelmap, device="cpu")
+    with pytest.raises(VolumeError, match="labelmap 'ct': holds negative values"):
+        reconstruct_from_labelmap(ct_as_labels, device="cpu")
+    with pytest.raises(VolumeError, match="view 'ct': holds negative values"):
+        reconstruct_from_labelmap(heart_labels, view_nodes=[ct_as_labels], device="cpu")
     with pytest.raises(CardioInputError, match="choose Predict mode"):
         MODULE.CardioReconstructLogic().reconstruct(None, image)
     with pytest.raises(CardioInputError, match="no segmentation or labelmap"):
@@ -244,6 +252,7 @@ def test_predict_bad_input_names_it_and_adds_nothing(app, tmp_path) -> None:
     labelmap = array_to_volume(phantom.labels, phantom.ijk_to_ras, "heart labels", labelmap=True)
     flat = array_to_volume(np.ones((30, 30, 1), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), "one slice")
     not_cardiac = array_to_volume((phantom.labels > 0) * 9, phantom.ijk_to_ras, "not cardiac", labelmap=True)
+    ct_as_labels = array_to_volume(phantom.labels * 40.0 - 1000.0, phantom.ijk_to_ras, "ct as labels", labelmap=True)
     segmentation, _ = MODULE.phantom_segmentation()
     scene = app.scene
     count = scene.GetNumberOfNodes()
@@ -259,6 +268,8 @@ def test_predict_bad_input_names_it_and_adds_nothing(app, tmp_path) -> None:
         reconstruct_from_volume(node, predictor=predictor, reference_labels=not_cardiac)
     with pytest.raises(CardioInputError, match="expected a labelmap or segmentation"):
         reconstruct_from_volume(node, predictor=predictor, reference_labels=flat)
+    with pytest.raises(VolumeError, match="reference labels 'ct as labels': holds negative values"):
+        reconstruct_from_volume(node, predictor=predictor, reference_labels=ct_as_labels)
     with pytest.raises(CardioInputError, match="none of .* is predicted"):
         reconstruct_from_volume(node, predictor=predictor, structures=["left kidney"])
     missing = tmp_path / "missing.pt"

@@ -34,6 +34,41 @@ def shifted_matrix(ijk_to_ras: np.ndarray, low: Sequence[int] | np.ndarray) -> n
     return matrix
 
 
+LABEL_CHECK_CHUNK = 1 << 22
+"""Voxels read at once by :func:`checked_label_values` (its temporaries stay this small)."""
+
+
+def checked_label_values(labels: np.ndarray, what: str = "labels") -> np.ndarray:
+    """``labels`` (I, J, K) unchanged if its values can be labels: whole numbers, 0 (background)
+    or positive; otherwise a VolumeError naming ``what`` that says what the values look like.
+
+    An image passed where a label map belongs (a CT in HU has negative values, an MR or a
+    probability map fractional ones) would otherwise be cast to integers and its few voxels that
+    happen to equal a structure's label fitted as that structure. Reads the array in chunks of
+    :data:`LABEL_CHECK_CHUNK` voxels in memory order (no copy of a contiguous volume).
+    """
+    array = np.asarray(labels)
+    if array.dtype.kind not in "biuf":
+        raise VolumeError(what, f"holds {array.dtype} values, not numbers")
+    hint = ("pass a label map (whole-number labels per voxel); an image goes to Predict mode "
+            "(`cardio recon predict --image`, or the module's input volume)")
+    if array.dtype.kind == "f":
+        flat = array.reshape(-1, order="A")  # a view of a C- or Fortran-ordered volume
+        for start in range(0, flat.size, LABEL_CHECK_CHUNK):
+            chunk = flat[start:start + LABEL_CHECK_CHUNK]
+            if not np.isfinite(chunk).all():
+                raise VolumeError(what, "holds NaN or infinite values: it is not a label map", hint)
+            fractional = chunk != np.floor(chunk)
+            if fractional.any():
+                value = float(chunk[np.argmax(fractional)])
+                raise VolumeError(what, f"holds values that are not whole numbers (e.g. {value:g}): it looks like "
+                                        "an image or a probability map, not a label map", hint)
+    if array.dtype.kind in "if" and array.size and (lowest := array.min()) < 0:
+        raise VolumeError(what, f"holds negative values (down to {lowest:g}): labels are 0 (background) or "
+                                "positive, so it looks like an image (CT intensities?), not a label map", hint)
+    return array
+
+
 def label_mask(labels: np.ndarray, values: int | Sequence[int]) -> np.ndarray:
     """Voxels (I, J, K) bool whose label is ``values`` or any of several values (a union).
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from cardiocore.errors import CardioInputError, VolumeError, WeightsError
-from cardiocore.geometry.grid import label_mask
+from cardiocore.geometry.grid import checked_label_values, label_mask
 from cardiocore.geometry.surface import surface_from_mask
 from cardiocore.geometry.voxelize import voxelize_mesh
 from cardiocore.mrml.app import slicer_app
@@ -322,6 +322,8 @@ def reconstruct_from_labelmap(
 
     Raises:
         CardioInputError: not a labelmap volume node, or no structure of ``rules`` in it.
+            VolumeError: a labelmap or view whose values cannot be labels (negative, fractional,
+            NaN: an image loaded as a labelmap).
     """
     for role, node in (("input", labelmap_node), *((f"view {v}", n) for v, n in enumerate(view_nodes, start=1))):
         if node is None or not node.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -333,13 +335,18 @@ def reconstruct_from_labelmap(
     rule_set = resolve_rule_set(rules)
     _report(progress, 0.0, "reading the labelmap")
     labels, ijk_to_ras = volume_to_array(labelmap_node)
+    checked_label_values(labels, f"labelmap {labelmap_node.GetName()!r}")
     annotated = list(view_structures) + [None] * (len(view_nodes) - len(view_structures))
+    views = []
+    for node, structures in zip(view_nodes, annotated):
+        view_labels, view_matrix = volume_to_array(node)
+        views.append(FitView(checked_label_values(view_labels, f"view {node.GetName()!r}"), view_matrix, structures))
     return _reconstruct_to_scene(
         labels, ijk_to_ras, rule_set, {s.name: [f"label {s.label}"] for s in rule_set.structures},
         options=FitOptions(steps, weights, use_mie, seed, vr_points, svr_points), template=template,
         device=device, progress=progress, should_stop=should_stop,
         folder_name=folder_name or f"CardioReconstruct {labelmap_node.GetName()}", extra={},
-        views=[FitView(*volume_to_array(node), structures) for node, structures in zip(view_nodes, annotated)],
+        views=views,
     )
 
 
@@ -533,7 +540,8 @@ def _reference_of(
     structure, and what the metrics should say about them; (None, {}, {}) when ``node`` is None.
 
     Raises:
-        CardioInputError: another kind of node, or no structure of ``rules`` in it.
+        CardioInputError: another kind of node, or no structure of ``rules`` in it (VolumeError:
+            a labelmap whose values cannot be labels).
     """
     if node is None:
         return None, {}, {}
@@ -542,6 +550,7 @@ def _reference_of(
         extra: dict[str, Any] = {"mapping": named_mapping}
     elif node.IsA("vtkMRMLLabelMapVolumeNode"):
         labels, ijk_to_ras = volume_to_array(node)
+        checked_label_values(labels, f"reference labels {node.GetName()!r}")
         sources, extra = {s.name: [f"label {s.label}"] for s in rules.structures}, {}
     else:
         raise CardioInputError("reference labels",

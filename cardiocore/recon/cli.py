@@ -94,6 +94,7 @@ def _read_structure_meshes(folder: Path, names: tuple[str, ...]) -> dict[str, An
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from cardiocore.bench.recon import format_table
+    from cardiocore.geometry.grid import checked_label_values
     from cardiocore.recon.evaluate import ROW_COLUMNS, evaluate_meshes
     from cardiocore.recon.rules import resolve_rule_set
     from cardiocore.mrml.storage import read_node
@@ -105,6 +106,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise CardioInputError(str(out), "already exists", "pass --overwrite or choose another file")
     rules = resolve_rule_set(args.structures)
     labels, ijk_to_ras = volume_to_array(read_node(args.labels, kind="labelmap"))  # the reader `recon fit` uses
+    checked_label_values(labels, str(args.labels))
     meshes = _read_structure_meshes(Path(args.meshes), rules.names)
     label_of = {s.name: s.label for s in rules.structures}
     metrics = evaluate_meshes(meshes, labels, ijk_to_ras, label_of, rules)

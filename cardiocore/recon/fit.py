@@ -59,7 +59,7 @@ from scipy.spatial import cKDTree
 
 from cardiocore.errors import CardioInputError, VolumeError
 from cardiocore.geometry.mesh import edge_index, face_normals
-from cardiocore.geometry.grid import checked_matrix, occupied_box
+from cardiocore.geometry.grid import checked_label_values, checked_matrix, occupied_box
 from cardiocore.geometry.surface import contour_points_on_slices, surface_from_mask
 from cardiocore.geometry.value_checks import values_trusted
 from cardiocore.metrics.distance import padded_chamfer
@@ -304,7 +304,7 @@ def _checked_label_map(labels: np.ndarray, ijk_to_ras: np.ndarray, what: str) ->
     array = np.asarray(labels)
     if array.ndim != 3:
         raise VolumeError(what, f"must be a 3-D (I, J, K) label map, got shape {array.shape}")
-    return array, checked_matrix(ijk_to_ras)
+    return checked_label_values(array, what), checked_matrix(ijk_to_ras)
 
 
 def _prepare_target(

@@ -34,7 +34,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cardiocore.errors import CardioInputError, MeshError, VolumeError
 from cardiocore.geometry.decimate import quadric_decimate
-from cardiocore.geometry.grid import occupied_box, shifted_matrix
+from cardiocore.geometry.grid import checked_label_values, occupied_box, shifted_matrix
 from cardiocore.geometry.mesh import is_closed, mesh_edges
 from cardiocore.geometry.surface import surface_from_mask
 from cardiocore.geometry.untangle import untangle
@@ -283,14 +283,16 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise CardioInputError(str(source), "label map not found")
     if source.suffix == ".npz":
         with np.load(source) as data:
-            return np.asarray(data["labels"]).astype(np.int32), np.asarray(data["ijk_to_ras"], dtype=np.float64)
+            labels, matrix = np.asarray(data["labels"]), np.asarray(data["ijk_to_ras"], dtype=np.float64)
+        return checked_label_values(labels, str(source)).astype(np.int32), matrix
     try:
         import nibabel
     except ImportError:
         raise CardioInputError(str(source), "reading NIfTI needs nibabel", "pip install nibabel") from None
     image = nibabel.load(str(source))
     # NIfTI's affine maps voxel indices to RAS+ world coordinates, the convention used here.
-    return np.asarray(image.dataobj).astype(np.int32), np.asarray(image.affine, dtype=np.float64)
+    labels = checked_label_values(np.asarray(image.dataobj), str(source))
+    return labels.astype(np.int32), np.asarray(image.affine, dtype=np.float64)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
