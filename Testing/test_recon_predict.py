@@ -190,6 +190,29 @@ def test_predictions_follow_the_image_in_ras(tiny_run) -> None:
     assert any("resampled" in w for w in warnings)
 
 
+def test_non_finite_voxels_are_replaced_and_blank_images_refused(tiny_run) -> None:
+    """NaN and infinite voxels become the image's lowest finite value (the same meshes as an image
+    filled so by hand), with a warning, and the caller's array keeps them; an image with no finite
+    voxel or a single value is refused instead of getting a heart drawn on it."""
+    predictor = tiny_run[0].predictor
+    image = np.random.default_rng(1).random((24, 20, 16)).astype(np.float32) + 5.0
+    matrix = np.diag([2.0, 2.5, 3.0, 1.0])
+    image[3, 4, 5], image[10, 0, 2], image[0, 0, 0] = np.nan, np.inf, -np.inf
+    filled = np.where(np.isfinite(image), image, image[np.isfinite(image)].min())
+    result, warnings = predict_meshes(image, matrix, predictor, resolve=False)
+    expected, _ = predict_meshes(filled, matrix, predictor, resolve=False)
+    assert all(torch.equal(a, b) for a, b in zip(result.verts, expected.verts, strict=True))
+    assert any(w.startswith("3 voxels (0.039 %) of the image are NaN or infinite: set to its lowest finite value")
+               for w in warnings), warnings
+    assert np.isnan(image[3, 4, 5]) and np.isposinf(image[10, 0, 2])
+    with pytest.raises(VolumeError, match="image: has no finite voxel"):
+        predict_meshes(np.full((8, 8, 8), np.nan, np.float32), matrix, predictor)
+    with pytest.raises(VolumeError, match="image: has the same value \\(-1024\\) in every finite voxel"):
+        predict_meshes(np.where(np.arange(8)[:, None, None] < 2, np.nan, np.full((8, 8, 8), -1024.0)), matrix, predictor)
+    with pytest.raises(VolumeError, match="same value \\(7\\)"):
+        predict_meshes(torch.full((8, 8, 8), 7, dtype=torch.int16), matrix, predictor)
+
+
 def test_predict_subsets_and_bad_input(tiny_run) -> None:
     predictor = tiny_run[0].predictor
     image = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)

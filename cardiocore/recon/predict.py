@@ -258,6 +258,37 @@ def _check_image(image: np.ndarray | torch.Tensor, ijk_to_ras: np.ndarray) -> tu
     return matrix, warnings
 
 
+def _screened_intensities(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """The image (I, J, K) as a tensor (sharing the caller's memory when nothing needs changing)
+    with its NaN and infinite voxels set to its lowest finite value, and a warning saying how many
+    there were; the caller's array is never modified.
+
+    Raises:
+        VolumeError: no finite voxel, or one value in every finite voxel (nothing to predict from:
+            the network would still draw a heart).
+    """
+    from cardiocore.recon.synth import volume_tensor
+
+    tensor = volume_tensor(image, "image")
+    low, high = (float(v) for v in torch.aminmax(tensor))  # NaN propagates, so finite means all finite
+    warnings = []
+    if not (np.isfinite(low) and np.isfinite(high)):
+        finite = torch.isfinite(tensor)
+        n_bad = tensor.numel() - int(finite.sum())
+        if n_bad == tensor.numel():
+            raise VolumeError("image", "has no finite voxel: every value is NaN or infinite",
+                              "check that the volume was read correctly")
+        low = float(torch.where(finite, tensor, torch.inf).amin())
+        high = float(torch.where(finite, tensor, -torch.inf).amax())
+        tensor = torch.nan_to_num(tensor, nan=low, posinf=low, neginf=low)
+        warnings.append(f"{n_bad} voxels ({100.0 * n_bad / tensor.numel():.2g} %) of the image are NaN or "
+                        f"infinite: set to its lowest finite value ({low:g}) for the network")
+    if low == high:
+        raise VolumeError("image", f"has the same value ({low:g}) in every finite voxel: there is nothing to "
+                                   "predict from", "check that the right volume was chosen and read correctly")
+    return tensor, warnings
+
+
 def predict_meshes(
     image: np.ndarray | torch.Tensor,
     ijk_to_ras: np.ndarray,
@@ -289,12 +320,19 @@ def predict_meshes(
     Returns:
         The meshes (RAS mm, template topology) as a :class:`FitResult` whose ``missing`` lists
         the requested structures the predictor does not know, and warnings (resampling,
-        anisotropy) for the user.
+        anisotropy, NaN or infinite voxels) for the user.
+
+    Raises:
+        VolumeError: not a 3-D image, a bad matrix, no finite voxel or one value everywhere.
+        CardioInputError: none of ``structures`` known to the predictor; a centre that puts the
+            field of view outside the image.
     """
     from cardiocore.recon.synth import image_to_frame
 
     t_start = time.perf_counter()
     matrix, warnings = _check_image(image, ijk_to_ras)
+    image, screened = _screened_intensities(image)
+    warnings += screened
     spec = predictor.spec
     wanted = tuple(structures) if structures is not None else predictor.names
     unknown = tuple(n for n in wanted if n not in predictor.names)

@@ -53,7 +53,7 @@ _WITHIN_LABEL_STD = 0.05  # maximum intensity standard deviation inside one labe
 # ---------------------------------------------------------------------------- checks
 
 
-def _checked_volume(volume: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
+def volume_tensor(volume: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
     """A 3-D tensor view of ``volume`` (numpy arrays shared when their strides allow it)."""
     if isinstance(volume, torch.Tensor):
         tensor = volume
@@ -424,7 +424,7 @@ def resample_to_frame(
     if mode not in ("bilinear", "nearest"):
         raise CardioInputError("mode", f"must be 'bilinear' or 'nearest', got {mode!r}")
     _checked_frame(size, spacing_mm)
-    tensor = _checked_volume(volume, "volume")
+    tensor = volume_tensor(volume, "volume")
     grid = _sampling_grid(tensor.shape, checked_matrix(ijk_to_ras, "ijk_to_ras"),
                           checked_matrix(frame_to_ras, "frame_to_ras"), size, spacing_mm, tensor.device, warp)
     source = tensor if tensor.dtype == torch.float32 else tensor.to(torch.float32)
@@ -883,7 +883,7 @@ def image_to_frame(
         VolumeError: volume not 3-D, a bad matrix. CardioInputError: a frame outside the image.
     """
     _checked_frame(size, spacing_mm)
-    tensor = _checked_volume(volume, "volume")
+    tensor = volume_tensor(volume, "volume")
     matrix = checked_matrix(ijk_to_ras, "ijk_to_ras")
     shape = np.array(tensor.shape)
     if centre_ras is None:
