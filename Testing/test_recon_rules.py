@@ -106,6 +106,10 @@ def test_bad_json_files_name_the_file(tmp_path) -> None:
         ("right atrium", "ra"),
         ("Ascending aorta", "aorta"),
         ("Pulmonary trunk", "pulmonary_artery"),
+        ("Aorta (ascending)", "aorta"),
+        ("LV lumen ED", "lv_cavity"),
+        ("Myocardium of the LV", "lv_myocardium"),
+        ("Right ventricle (RV) blood pool", "rv"),
         # TotalSegmentator (heartchambers_highres / total)
         ("heart_ventricle_left", "lv_cavity"),
         ("heart_myocardium", "lv_myocardium"),
@@ -123,6 +127,16 @@ def test_bad_json_files_name_the_file(tmp_path) -> None:
         ("heart", None),
         ("Segment_1", None),
         ("", None),
+        # A name that says more than the structure it mentions: another tissue or a larger
+        # region, not that structure (an LGE study's scar segment is not the LV cavity).
+        ("LV scar", None),
+        ("LV infarct", None),
+        ("LV thrombus", None),
+        ("LV papillary muscles", None),
+        ("LV epicardium", None),
+        ("Left ventricle (whole)", None),
+        ("LA wall", None),
+        ("Descending aorta", None),
     ],
 )
 def test_guess_structure(segment: str, structure: str | None) -> None:

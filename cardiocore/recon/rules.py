@@ -103,6 +103,13 @@ _DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {
 _OTHER_STRUCTURE_WORDS = frozenset(
     {"vein", "veins", "vena", "cava", "valve", "appendage", "coronary", "septum"}
 )
+# Words a segment name may add to a structure's alias and still denote that structure; any other
+# word (scar, epicardium, papillary, wall of an atrium, ...) makes the guess None.
+_NEUTRAL_WORDS = frozenset({
+    "cavity", "lumen", "blood", "pool", "chamber", "endocardium", "endocardial", "endo", "heart", "cardiac",
+    "segment", "seg", "segmentation", "label", "mask", "contour", "volume", "the", "of",
+    "ed", "es", "end", "diastole", "diastolic", "systole", "systolic", "phase",
+})
 # The myocardium modelled here is the LV wall: "right ventricular myocardium" is not it.
 _RIGHT_WORDS = frozenset({"right", "rv"})
 _MYOCARDIUM_WORDS = frozenset({"myocardium", "myo", "wall", "lvm"})
@@ -330,15 +337,19 @@ def guess_structure(segment_name: str, rule_set: RuleSet | None = None) -> str |
     """The structure a segment name most likely denotes, or None when unsure.
 
     Case, underscores and punctuation are ignored. An exact match with a structure's name or
-    alias wins; otherwise the structure whose alias shares the most words with the name (all of
-    the alias's words must appear) is chosen, unless the name also speaks of another structure
-    (pulmonary or caval veins, valves, appendages, coronaries, the septum, right-ventricular
-    myocardium) or two structures tie.
+    alias wins; otherwise the structure whose alias shares the most words with the name is
+    chosen, where all of the alias's words must appear and every other word of the name must be a
+    word of that structure's names and aliases, a number, or a neutral qualifier
+    (:data:`_NEUTRAL_WORDS`: cavity, lumen, blood pool, phase names, ...). So a name that says
+    more than the structure (``"LV scar"``, ``"LV epicardium"``, ``"LV papillary muscles"``,
+    ``"LA wall"``) gets no guess rather than the structure it mentions, as does a name that speaks
+    of another structure (pulmonary or caval veins, valves, appendages, coronaries, the septum,
+    right-ventricular myocardium) or one on which two structures tie.
 
-    Examples: ``"Left ventricle"``, ``"LV blood pool"``, ``"heart_ventricle_left"`` ->
-    ``"lv_cavity"``; ``"Myocardium"``, ``"heart_myocardium"`` -> ``"lv_myocardium"``;
-    ``"pulmonary_artery"`` -> ``"pulmonary_artery"``; ``"pulmonary_vein"``, ``"Segment_1"`` ->
-    None.
+    Examples: ``"Left ventricle"``, ``"LV blood pool"``, ``"heart_ventricle_left"``,
+    ``"LV lumen ED"`` -> ``"lv_cavity"``; ``"Myocardium"``, ``"heart_myocardium"`` ->
+    ``"lv_myocardium"``; ``"pulmonary_artery"`` -> ``"pulmonary_artery"``; ``"pulmonary_vein"``,
+    ``"LV scar"``, ``"Segment_1"`` -> None.
 
     Args:
         segment_name: the segment's name.
@@ -356,8 +367,12 @@ def guess_structure(segment_name: str, rule_set: RuleSet | None = None) -> str |
         return None
     best: dict[str, int] = {}
     for s in structures:
-        for alias in (s.name, *s.aliases):
-            alias_words = set(_normalise(alias).split())
+        aliases = [set(_normalise(alias).split()) for alias in (s.name, *s.aliases)]
+        own_words = set().union(*aliases)
+        extra = {w for w in words - own_words if not w.isdigit()} - _NEUTRAL_WORDS
+        if extra:
+            continue
+        for alias_words in aliases:
             if alias_words <= words:
                 best[s.name] = max(best.get(s.name, 0), len(alias_words))
     if not best:
