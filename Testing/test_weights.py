@@ -260,3 +260,32 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "cardioshape" / "models"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_dir() == Path.home() / ".cache" / "cardioshape" / "models"
+
+
+class _CodeObject:
+    """A class torch's weights-only loader refuses (loading it would import and run code)."""
+
+
+def test_unreadable_torch_files_give_actionable_errors_and_never_run_code(tmp_path):
+    """Not a torch file, a file holding a class instance, an empty and a truncated file: each a
+    WeightsError naming the file; torch's advice to load with weights_only=False is not passed on."""
+    from cardiocore.train.torch_file import load_tensors
+
+    good = tmp_path / "good.pt"
+    torch.save({"weights": torch.ones(1000)}, good)
+    assert torch.equal(load_tensors(good, "model")["weights"], torch.ones(1000))
+    text, code = tmp_path / "notes.pt", tmp_path / "code.pt"
+    text.write_text("not a torch file")
+    torch.save({"weights": _CodeObject()}, code)
+    for path in (text, code):
+        with pytest.raises(WeightsError, match=f"{path.name}: cannot be read as a model: it is not a PyTorch file "
+                                               "of tensors and plain data") as caught:
+            load_tensors(path, "model")
+        assert "weights_only" not in str(caught.value)
+    empty, truncated = tmp_path / "empty.pt", tmp_path / "truncated.pt"
+    empty.write_bytes(b"")
+    truncated.write_bytes(good.read_bytes()[:2000])
+    for path in (empty, truncated):
+        with pytest.raises(WeightsError, match=f"{path.name}: cannot be read as a model \\(.*\\) \\(the file may be "
+                                               "truncated or damaged"):
+            load_tensors(path, "model")

@@ -408,15 +408,12 @@ def read_model_file(path: str | os.PathLike, file_format: str, version: int, wha
     Raises:
         WeightsError: missing or unreadable file, another format, another format version.
     """
-    import torch
+    from cardiocore.train.torch_file import load_tensors  # torch is imported only when a model is read
 
     source = Path(path)
     if not source.is_file():
         raise WeightsError(str(source), f"no such {what} file")
-    try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt files
-        raise WeightsError(str(source), f"cannot be read as a {what} ({error})") from error
+    payload = load_tensors(source, what)
     if not isinstance(payload, dict) or payload.get("format") != file_format:
         raise WeightsError(str(source), f"is not a {what} file")
     if payload.get("format_version") != version:

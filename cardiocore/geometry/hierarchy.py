@@ -27,6 +27,7 @@ from cardiocore.geometry.decimate import quadric_decimate
 from cardiocore.geometry.distance import closest_points_on_mesh
 from cardiocore.geometry.mesh import ArrayLike, as_mesh, edge_index
 from cardiocore.train.atomic import atomic_write
+from cardiocore.train.torch_file import load_tensors
 
 FILE_FORMAT = "cardiocore.mesh_hierarchy"
 FILE_VERSION = 1
@@ -205,10 +206,7 @@ class MeshHierarchy:
         source = Path(path)
         if not source.is_file():
             raise WeightsError(str(source), "no such mesh-hierarchy file")
-        try:
-            payload = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for corrupt files
-            raise WeightsError(str(source), f"cannot be read as a mesh hierarchy ({error})") from error
+        payload = load_tensors(source, "mesh hierarchy")
         return cls.from_dict(payload, str(source))
 
     def _check_levels(self) -> None:

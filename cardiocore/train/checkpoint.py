@@ -27,6 +27,7 @@ import torch
 import cardiocore
 from cardiocore.errors import CardioInputError, WeightsError
 from cardiocore.train.atomic import atomic_write
+from cardiocore.train.torch_file import load_tensors
 
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = ("format", "cardiocore_version", "step", "epoch", "model", "config")
@@ -102,14 +103,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(str(path), "checkpoint file not found", "check the path, or start without resume")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for damaged or foreign files
-        raise WeightsError(
-            str(path),
-            f"cannot be read as a checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]})",
-            "the file is truncated or corrupt: delete it and resume from another checkpoint or start again",
-        ) from error
+    state = load_tensors(path, "checkpoint", map_location,
+                         "the file is truncated or corrupt: delete it and resume from another checkpoint or start again")
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
         raise WeightsError(str(path), f"is not a CardioShape training checkpoint (missing {', '.join(missing)})")
