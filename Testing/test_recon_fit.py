@@ -18,7 +18,8 @@ from cardiocore.geometry.voxelize import voxelize_mesh
 from cardiocore.metrics.overlap import dice
 from cardiocore.metrics.violation import volume_violation_rate
 from cardiocore.phantoms.heart import HeartPhantom, heart_label_phantom
-from cardiocore.recon.fit import FitResult, FitView, fit_template, thick_slice_axis
+from cardiocore.recon import fit as fit_module
+from cardiocore.recon.fit import COLLAPSE_RATIO, FitResult, FitView, fit_template, thick_slice_axis
 from cardiocore.recon.rules import RuleSet
 from cardiocore.recon.template import HeartTemplate, default_template_path, load_template, main, read_label_map
 
@@ -301,6 +302,29 @@ def test_values_that_cannot_be_labels_are_refused_before_the_fit(template: Heart
         read_label_map(path)
 
 
+def test_a_structure_with_a_few_painted_voxels_is_left_out_not_turned_inside_out(template: HeartTemplate,
+                                                                                 monkeypatch) -> None:
+    """Phantom whose RV keeps only its first 30 voxels (0.24 ml; the whole RV is ~80 ml): the fit
+    would turn the RV mesh inside out (negative volume), so the RV is reported, not returned."""
+    phantom = heart_label_phantom(shape=(48, 48, 48), spacing=(2.5, 2.5, 2.5), seed=1)
+    labels = phantom.labels.copy()
+    rv = np.argwhere(labels == 3)[:30]
+    labels[labels == 3] = 0
+    labels[tuple(rv.T)] = 3
+    result = fit_template(labels, phantom.ijk_to_ras, RuleSet.default(), template, steps=40)
+    assert "rv" not in result.names and "rv" in result.missing
+    labelled, enclosed = result.collapsed["rv"]
+    assert labelled == pytest.approx(30 * 2.5**3 / 1000) and enclosed < COLLAPSE_RATIO * labelled
+    assert set(result.collapsed) == {"rv"} and len(result.verts) == len(result.names) == 6
+    for verts, faces in zip(result.verts, result.faces, strict=True):
+        assert float(enclosed_volume(verts.double(), faces)) > 0
+    # Every mesh counted as collapsed (a threshold no mesh can meet): an error, not an empty result.
+    monkeypatch.setattr(fit_module, "COLLAPSE_RATIO", 100.0)
+    with pytest.raises(CardioInputError, match="too few voxels to fit any structure: every fitted mesh collapsed "
+                                               "\\(lv_cavity .* ml of labels"):
+        fit_template(labels, phantom.ijk_to_ras, RuleSet.default(), template, steps=2)
+
+
 def test_a_dense_fit_waits_for_the_device_only_to_search_violations(oblique_phantom, template) -> None:
     """``dense`` (the default on a GPU) is exercised on the CPU: after the first step, the loop
     waits for the device nowhere but at the violation search every ``mie_refresh`` steps (its
@@ -314,7 +338,8 @@ def test_a_dense_fit_waits_for_the_device_only_to_search_violations(oblique_phan
     assert at_step[0] > 0  # the preparation's checks were seen, so the detector works
     per_step = np.diff(at_step).tolist()  # steps 2 .. 12 (indices 1 .. 11)
     assert per_step == [0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0], counter.waits[at_step[0]:]
-    assert all("detect_violations" in w for w in counter.waits[at_step[0]:])
+    # Within the loop (after it, the collapse check reads the meshes' volumes on the host).
+    assert all("detect_violations" in w for w in counter.waits[at_step[0]:at_step[-1]])
     assert np.isfinite(result.losses["total"]).all()
 
 

@@ -158,6 +158,26 @@ def test_cancel_and_bad_input_add_nothing(app) -> None:
     assert scene.GetNumberOfNodes() == count
 
 
+def test_a_collapsed_structure_is_reported_and_gets_no_node(app) -> None:
+    """A labelmap whose RV is 30 painted voxels (0.47 ml): the RV's fitted mesh turns inside out,
+    so the scene gets no RV model or segment, and the metrics and summary say why."""
+    from cardiocore.phantoms.heart import heart_label_phantom
+
+    phantom = heart_label_phantom(shape=(48, 48, 48), spacing=(2.5, 2.5, 2.5), seed=1)
+    labels = phantom.labels.copy()
+    rv = np.argwhere(labels == 3)[:30]
+    labels[labels == 3] = 0
+    labels[tuple(rv.T)] = 3
+    node = array_to_volume(labels, phantom.ijk_to_ras, "few rv voxels", labelmap=True)
+    result = reconstruct_from_labelmap(node, steps=40, device="cpu")
+    assert "rv" not in result.model_nodes and "rv" in result.metrics["missing"]
+    assert "rv" not in result.metrics["structures"] and len(result.model_nodes) == 6
+    assert result.metrics["warnings"] == [
+        "rv: not fitted: its 0.47 ml of labels are too few for the template to deform onto (the mesh turned inside "
+        "out); segment the whole structure, or leave it out"]
+    assert "warning: rv: not fitted" in summary_text(result.metrics)
+
+
 # ---------------------------------------------------------------------------- Predict mode
 QUICK = MODULE.PREDICT_QUALITY_POINTS
 

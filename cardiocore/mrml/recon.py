@@ -404,8 +404,14 @@ def _reconstruct_to_scene(
             "CardioReconstruct: thick slices along voxel axis %d: the labels were fitted on the slice planes, "
             "the surface between them follows the template", result.slice_axis,
         )
+    collapsed = [
+        f"{name}: not fitted: its {labelled:.2g} ml of labels are too few for the template to deform onto "
+        f"(the mesh {'turned inside out' if enclosed <= 0 else f'shrank to {enclosed:.2g} ml'}); segment the whole "
+        "structure, or leave it out" for name, (labelled, enclosed) in result.collapsed.items()
+    ]
     metrics = dict(extra) | {
         "mode": "fit",
+        "warnings": collapsed,
         "fitted": list(result.names),
         "thick_slice_axis": result.slice_axis,
         "views": len(views),

@@ -55,6 +55,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     metrics = fit_label_file(args.labels, args.out, structures=args.structures, steps=args.steps,
                              device=args.device, overwrite=args.overwrite, progress=_report, view_paths=args.views,
                              view_structures=_view_structures(args.view_structures, len(args.views)))
+    for warning in metrics["warnings"]:
+        print(f"warning: {warning}")
     _print_fit_summary(metrics, Path(args.out))
     return 0
 

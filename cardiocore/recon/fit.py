@@ -37,7 +37,10 @@ map's IJK-to-RAS matrix, so oblique and anisotropic grids need no special case.
    their own grids (``views``: the long-axis slices of a cine study) add occupancy and outline
    terms in the same way, each on its own slices, for the structures each view annotates
    (:class:`FitView`; one whose outline was not drawn is unknown there, not background).
-4. Resolution (``resolve``, on by default): the vertices that still break a rule are moved just
+4. Collapse check: a structure whose fitted mesh encloses less than :data:`COLLAPSE_RATIO` of
+   its labelled volume (a few painted voxels: the mesh turns inside out) is left out and listed
+   as missing (``FitResult.collapsed`` says why), not returned as a structure.
+5. Resolution (``resolve``, on by default): the vertices that still break a rule are moved just
    past the other surface, then self-intersections are untangled
    (:func:`cardiocore.recon.resolve.resolve_meshes`).
 """
@@ -62,6 +65,7 @@ from cardiocore.geometry.mesh import edge_index, face_normals
 from cardiocore.geometry.grid import checked_label_values, checked_matrix, occupied_box
 from cardiocore.geometry.surface import contour_points_on_slices, surface_from_mask
 from cardiocore.geometry.value_checks import values_trusted
+from cardiocore.geometry.volume import enclosed_volume
 from cardiocore.metrics.distance import padded_chamfer
 from cardiocore.recon.mie import (
     FaceDipoles,
@@ -123,6 +127,10 @@ class FitResult:
         cancelled: ``should_stop`` ended the optimisation early (the meshes are the last state).
         resolved: what the resolution step did (None when it was off or the fit was cancelled).
         slice_axis: the label map's axis fitted as thick slices (None: fitted as a volume).
+        collapsed: structures left out of the result (and listed in ``missing``) because their
+            fitted mesh enclosed less than :data:`COLLAPSE_RATIO` of their labelled volume (turned
+            inside out or shrunk to a sliver: too few voxels to deform the template onto), each
+            with (labelled volume ml, mesh volume ml; negative when inside out).
     """
 
     names: tuple[str, ...]
@@ -135,6 +143,7 @@ class FitResult:
     cancelled: bool = False
     resolved: ResolveReport | None = None
     slice_axis: int | None = None
+    collapsed: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def meshes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per structure (verts, faces)."""
@@ -522,6 +531,25 @@ def _sample_occupancy_points(
     return torch.cat([band_or_box, near, box[:, n_band:]], dim=1)
 
 
+COLLAPSE_RATIO = 0.25
+"""A fitted mesh enclosing less than this share of its structure's labelled volume has collapsed.
+On a 2 mm phantom whose RV was cut to its first N voxels (``fit_template``, 60 steps), the RV mesh
+enclosed -1.9 ml for 30 voxels (0.24 ml), -1.5 ml for 100 (0.8 ml), 0.3 ml for 300 (2.4 ml), and
+7.8 ml for 1,000 (8 ml); whole fits enclose about their labelled volume."""
+
+
+def _collapsed_meshes(names: Sequence[str], verts: Sequence[torch.Tensor], faces: Sequence[torch.Tensor],
+                      label_volumes_mm3: Sequence[float]) -> dict[str, tuple[float, float]]:
+    """Structures whose mesh (V, 3) mm, (F, 3) encloses less than :data:`COLLAPSE_RATIO` of their
+    labelled volume (mm^3), with (labelled ml, signed mesh ml)."""
+    collapsed = {}
+    for name, v, f, labelled in zip(names, verts, faces, label_volumes_mm3, strict=True):
+        enclosed = float(enclosed_volume(v.double(), f))
+        if enclosed < COLLAPSE_RATIO * labelled:
+            collapsed[name] = (labelled / 1000.0, enclosed / 1000.0)
+    return collapsed
+
+
 def fit_template(
     labels: np.ndarray,
     ijk_to_ras: np.ndarray,
@@ -605,9 +633,10 @@ def fit_template(
         :class:`FitResult` with one closed mesh per present structure in RAS mm.
 
     Raises:
-        VolumeError: a label map that is not 3-D or a bad matrix. CardioInputError: no
-            structure of the rule set present in both labels and template; bad arguments; a
-            loss that is not finite (labels and template that cannot be fitted).
+        VolumeError: a label map that is not 3-D, holds values that cannot be labels, or a bad
+            matrix. CardioInputError: no structure of the rule set present in both labels and
+            template; bad arguments; a loss that is not finite (labels and template that cannot be
+            fitted); every fitted mesh collapsed (``FitResult.collapsed``: too few voxels).
     """
     t_start = time.perf_counter()
     weights = weights or FitWeights()
@@ -777,6 +806,17 @@ def fit_template(
         final = (coarse_verts() + fine).float().cpu()
     t_optimised = time.perf_counter()
     verts_out, faces_out = list(final.split(sizes)), [f.cpu() for f in faces]
+    collapsed = {} if cancelled else _collapsed_meshes(names, verts_out, faces_out, target.volumes)
+    if len(collapsed) == len(names):
+        raise CardioInputError("labels", "too few voxels to fit any structure: every fitted mesh collapsed ("
+                               + ", ".join(f"{n} {label:.2g} ml of labels" for n, (label, _) in collapsed.items())
+                               + ")", "segment the whole structures")
+    if collapsed:
+        kept = [s for s, name in enumerate(names) if name not in collapsed]
+        names = tuple(names[s] for s in kept)
+        verts_out, faces_out = [verts_out[s] for s in kept], [faces_out[s] for s in kept]
+        rules = rules.subset(names)
+        missing = tuple(n for n in known_names if n not in names)
     report = None
     if resolve and not cancelled:
         resolved, report = resolve_meshes(list(zip(verts_out, faces_out, strict=True)), names, rules.rules)
@@ -794,4 +834,5 @@ def fit_template(
         cancelled=cancelled,
         resolved=report,
         slice_axis=slice_axis,
+        collapsed=collapsed,
     )

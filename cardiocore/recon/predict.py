@@ -177,7 +177,8 @@ class FinishedMeshes(NamedTuple):
     report: what the resolution step did (None without it).
     seconds: wall time of ``"refine"`` and ``"resolve"``.
     unrefined: kept structures the refinement left as the network drew them (absent from the
-        network's segmentation); empty without refinement.
+        network's segmentation, or so small in it that their fit collapsed); empty without
+        refinement.
     """
 
     meshes: list[Mesh]
@@ -361,7 +362,8 @@ def predict_meshes(
     finished = finish_meshes(predictor, output, keep, refine_steps=refine_steps, resolve=resolve,
                              progress=finish_progress, should_stop=should_stop)
     if finished.unrefined:
-        warnings.append(f"not refined (absent from the network's segmentation): {', '.join(finished.unrefined)}")
+        warnings.append("not refined (absent from the network's segmentation, or too small in it to fit): "
+                        + ", ".join(finished.unrefined))
     t_end = time.perf_counter()
     if progress:
         progress(1.0, "done")

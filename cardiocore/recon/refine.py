@@ -133,7 +133,8 @@ def refine_to_segmentation(
     Returns:
         The meshes in the order of ``names`` (no resolution step: the caller resolves all
         structures together), and the names of the structures refined: one outside ``only`` or
-        with fewer than :data:`MIN_VOXELS` voxels in ``labels`` keeps its predicted mesh.
+        with fewer than :data:`MIN_VOXELS` voxels in ``labels``, or whose fit collapsed
+        (``FitResult.collapsed``), keeps its predicted mesh.
     """
     if len(meshes) != len(names):
         raise CardioInputError("meshes", f"{len(meshes)} meshes for {len(names)} structure names")
