@@ -335,19 +335,22 @@ def reconstruct_from_labelmap(
     rule_set = resolve_rule_set(rules)
     _report(progress, 0.0, "reading the labelmap")
     labels, ijk_to_ras = volume_to_array(labelmap_node)
-    checked_label_values(labels, f"labelmap {labelmap_node.GetName()!r}")
     annotated = list(view_structures) + [None] * (len(view_nodes) - len(view_structures))
-    views = []
-    for node, structures in zip(view_nodes, annotated):
-        view_labels, view_matrix = volume_to_array(node)
-        views.append(FitView(checked_label_values(view_labels, f"view {node.GetName()!r}"), view_matrix, structures))
-    return _reconstruct_to_scene(
-        labels, ijk_to_ras, rule_set, {s.name: [f"label {s.label}"] for s in rule_set.structures},
-        options=FitOptions(steps, weights, use_mie, seed, vr_points, svr_points), template=template,
-        device=device, progress=progress, should_stop=should_stop,
-        folder_name=folder_name or f"CardioReconstruct {labelmap_node.GetName()}", extra={},
-        views=views,
-    )
+    # The fit checks its label maps, calling them "labels" and "view N": name the nodes instead.
+    node_names = {"labels": f"labelmap {labelmap_node.GetName()!r}"} | {
+        f"view {v}": f"view {node.GetName()!r}" for v, node in enumerate(view_nodes, start=1)}
+    try:
+        return _reconstruct_to_scene(
+            labels, ijk_to_ras, rule_set, {s.name: [f"label {s.label}"] for s in rule_set.structures},
+            options=FitOptions(steps, weights, use_mie, seed, vr_points, svr_points), template=template,
+            device=device, progress=progress, should_stop=should_stop,
+            folder_name=folder_name or f"CardioReconstruct {labelmap_node.GetName()}", extra={},
+            views=[FitView(*volume_to_array(node), structures) for node, structures in zip(view_nodes, annotated)],
+        )
+    except VolumeError as error:
+        if error.what not in node_names:
+            raise
+        raise VolumeError(node_names[error.what], error.problem, error.hint) from error
 
 
 def _report(progress: ProgressFn | None, fraction: float, message: str) -> None:

@@ -98,11 +98,6 @@ _DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {
         "pulmonary_artery",
     ),
 }
-# A name with one of these words is another structure unless it is an exact alias: pulmonary
-# veins, caval veins, valves, appendages, coronary arteries, the septum.
-_OTHER_STRUCTURE_WORDS = frozenset(
-    {"vein", "veins", "vena", "cava", "valve", "appendage", "coronary", "septum"}
-)
 # Words a segment name may add to a structure's alias and still denote that structure; any other
 # word (scar, epicardium, papillary, wall of an atrium, ...) makes the guess None.
 _NEUTRAL_WORDS = frozenset({
@@ -110,9 +105,6 @@ _NEUTRAL_WORDS = frozenset({
     "segment", "seg", "segmentation", "label", "mask", "contour", "volume", "the", "of",
     "ed", "es", "end", "diastole", "diastolic", "systole", "systolic", "phase",
 })
-# The myocardium modelled here is the LV wall: "right ventricular myocardium" is not it.
-_RIGHT_WORDS = frozenset({"right", "rv"})
-_MYOCARDIUM_WORDS = frozenset({"myocardium", "myo", "wall", "lvm"})
 
 
 def _normalise(name: str) -> str:
@@ -341,10 +333,10 @@ def guess_structure(segment_name: str, rule_set: RuleSet | None = None) -> str |
     chosen, where all of the alias's words must appear and every other word of the name must be a
     word of that structure's names and aliases, a number, or a neutral qualifier
     (:data:`_NEUTRAL_WORDS`: cavity, lumen, blood pool, phase names, ...). So a name that says
-    more than the structure (``"LV scar"``, ``"LV epicardium"``, ``"LV papillary muscles"``,
-    ``"LA wall"``) gets no guess rather than the structure it mentions, as does a name that speaks
-    of another structure (pulmonary or caval veins, valves, appendages, coronaries, the septum,
-    right-ventricular myocardium) or one on which two structures tie.
+    more than the structure gets no guess rather than the structure it mentions: another tissue or
+    region (``"LV scar"``, ``"LV epicardium"``, ``"LV papillary muscles"``, ``"LA wall"``) or
+    another structure (pulmonary or caval veins, valves, appendages, coronaries, the septum,
+    right-ventricular myocardium); so does a name on which two structures tie.
 
     Examples: ``"Left ventricle"``, ``"LV blood pool"``, ``"heart_ventricle_left"``,
     ``"LV lumen ED"`` -> ``"lv_cavity"``; ``"Myocardium"``, ``"heart_myocardium"`` ->
@@ -363,8 +355,6 @@ def guess_structure(segment_name: str, rule_set: RuleSet | None = None) -> str |
         if key in {_normalise(a) for a in (s.name, *s.aliases)}:
             return s.name
     words = set(key.split())
-    if words & _OTHER_STRUCTURE_WORDS or (words & _RIGHT_WORDS and words & _MYOCARDIUM_WORDS):
-        return None
     best: dict[str, int] = {}
     for s in structures:
         aliases = [set(_normalise(alias).split()) for alias in (s.name, *s.aliases)]
