@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 from gen_helpers import phantom_cohort
+from scipy.spatial.transform import Rotation
 
 from cardiocore.cli import main
-from cardiocore.errors import CardioInputError, WeightsError
+from cardiocore.errors import CardioInputError, MeshError, WeightsError
 from cardiocore.gen.clinical import CLINICAL_COLUMNS, lv_shape_indices, pair_ejection_fraction
 from cardiocore.gen.model import CardioGenModel
 from cardiocore.gen.training import GenTrainingSpec, split_as_recorded, subject_conditions, train_cardiogen
@@ -117,12 +118,34 @@ def test_subject_conditions_are_measured_on_the_meshes():
     torch.testing.assert_close(values[1::2, 1], ef, rtol=1e-4, atol=1e-4)  # EF repeated on the ES item
 
 
-def test_interpolation_ends_are_reconstructions(tiny_gen):
+def test_interpolation_ends_are_reconstructions_where_the_meshes_lie(tiny_gen):
     model, test = tiny_gen.model, tiny_gen.splits["test"]
-    frames = model.interpolate(test.verts[0], test.verts[1], 5)
-    ends = model.reconstruct(test.verts[:2])
+    a, b = test.verts[0], test.verts[1]
+    frames = model.interpolate(a, b, 5)
     assert frames.shape == (5, model.n_vertices, 3)
-    torch.testing.assert_close(frames[[0, -1]], ends, atol=1e-4, rtol=1e-4)
+    plain = model.reconstruct(test.verts[:2])  # encoded where they are, in the training frame
+    for end, mesh, reconstruction in zip(frames[[0, -1]], (a, b), plain, strict=True):
+        error = torch.linalg.vector_norm(end - mesh, dim=-1).mean()
+        assert float(error) <= float(torch.linalg.vector_norm(reconstruction - mesh, dim=-1).mean()) + 1e-4
+    # Patient-space meshes: the same two moved far off the training frame end where they are, as well
+    # reconstructed as in the training frame (this weak model: within 1.5x), where encoding them as
+    # they lie gives nonsense.
+    rotation = torch.as_tensor(Rotation.from_rotvec([0.5, -0.8, 1.1]).as_matrix(), dtype=torch.float32)
+    shift = torch.tensor([-80.0, 150.0, 30.0])
+    moved_a, moved_b = a @ rotation.T + shift, b @ rotation.T + shift
+    moved = model.interpolate(moved_a, moved_b, 5)
+    for end, mesh, reconstruction in zip(moved[[0, -1]], (moved_a, moved_b), plain, strict=True):
+        in_frame = float(torch.linalg.vector_norm(reconstruction @ rotation.T + shift - mesh, dim=-1).mean())
+        assert float(torch.linalg.vector_norm(end - mesh, dim=-1).mean()) <= 1.5 * in_frame
+    as_encoded = model.reconstruct(moved_a[None])[0]
+    assert float(torch.linalg.vector_norm(as_encoded - moved_a, dim=-1).mean()) > 10.0 * in_frame
+    with pytest.raises(CardioInputError, match="in_metres: is 0.001.* times the size"):
+        model.interpolate(a / 1000.0, b, 3, names=("in_metres", "b"))
+    with pytest.warns(UserWarning, match=r"noisy: the model reconstructs it with a mean error of .* unlike the training"):
+        model.interpolate(a + 15.0 * torch.randn(a.shape, generator=torch.Generator().manual_seed(0)), b, 3,
+                          names=("noisy", "b"))
+    with pytest.raises(MeshError, match="flipped: has .* not the CardioGen template.*CardioAtlas"):
+        model.template_vertices(a, model.faces[:, [0, 2, 1]], "flipped")
 
 
 def test_stopped_training_resumes_to_the_same_model(tmp_path):
@@ -177,6 +200,30 @@ def test_cli_sample_writes_meshes_and_clinical_csv(app, tiny_gen, tmp_path, caps
     np.testing.assert_allclose([float(r["cavity_ml"]) for r in rows], expected, rtol=1e-3)
     assert main(args) == 2  # nothing overwritten without --overwrite
     assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_cli_interpolate_between_files_of_the_template_wherever_they_lie(app, tiny_gen, tmp_path, capsys):
+    from cardiocore.mrml.mesh_folders import read_mesh_file, write_mesh_folder
+
+    model, test = tiny_gen.model, tiny_gen.splits["test"]
+    far = test.verts[1] + torch.tensor([0.0, 200.0, -90.0])  # the second mesh in a patient's frame
+    flipped = model.faces[:, [0, 2, 1]].numpy()
+    write_mesh_folder(tmp_path, [("a", test.verts[0].numpy(), model.faces.numpy()),
+                                 ("b", far.numpy(), model.faces.numpy()), ("inside_out", far.numpy(), flipped)])
+    out = tmp_path / "frames"
+    argv = ["gen", "interpolate", "--model", str(tiny_gen.model_path), "--from", str(tmp_path / "a.vtk"),
+            "--to", str(tmp_path / "b.vtk"), "--n", "4", "--out", str(out)]
+    assert main(argv) == 0
+    frames = sorted(out.glob("frame_*.vtk"))
+    assert len(frames) == 4
+    torch.testing.assert_close(torch.as_tensor(read_mesh_file(frames[-1])[0]).float(),
+                               model.interpolate(test.verts[0], far, 4)[-1], atol=1e-3, rtol=0)
+    last_centre = torch.as_tensor(read_mesh_file(frames[-1])[0]).mean(dim=0)
+    assert float((last_centre - far.double().mean(dim=0)).norm()) < 2.0  # ends where the second mesh is
+    argv[argv.index("--to") + 1] = str(tmp_path / "inside_out.vtk")
+    argv[argv.index("--out") + 1] = str(tmp_path / "refused")
+    assert main(argv) == 2
+    assert "inside_out.vtk: has" in capsys.readouterr().err and not (tmp_path / "refused").exists()
 
 
 def test_bundled_model_by_name_or_name_at_version():

@@ -143,16 +143,8 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     from cardiocore.mrml.mesh_folders import read_mesh_file
 
     model = load_model(args.model, args.device)
-    ends = []
-    for path in (args.start, args.end):
-        verts, faces = read_mesh_file(path)
-        if verts.shape[0] != model.n_vertices:
-            raise CardioInputError(path, f"has {verts.shape[0]} vertices, the model's template {model.n_vertices}",
-                                   "use meshes in the model's correspondence (CardioAtlas can bring them into it)")
-        ends.append(verts)
-    import torch
-
-    meshes = model.interpolate(torch.as_tensor(ends[0]).float(), torch.as_tensor(ends[1]).float(), args.n)
+    ends = [model.template_vertices(*read_mesh_file(path), name=path) for path in (args.start, args.end)]
+    meshes = model.interpolate(ends[0], ends[1], args.n, names=(args.start, args.end))
     out = Path(args.out)
     files = _write_meshes(model, meshes, out, "frame", args.format, args.overwrite)
     print(f"{len(files)} interpolated meshes written to {out}")
@@ -287,7 +279,9 @@ def add_gen_commands(commands: Any) -> None:
     _output_options(sample)
     sample.set_defaults(handler=_cmd_sample)
 
-    interpolate = verbs.add_parser("interpolate", help="latent interpolation between two meshes")
+    interpolate = verbs.add_parser(
+        "interpolate", help="latent interpolation between two meshes of the template's topology, in mm, "
+                            "wherever they lie (the frames move rigidly from the first's place to the second's)")
     _model_options(interpolate)
     interpolate.add_argument("--from", dest="start", required=True, help="first mesh file (template topology)")
     interpolate.add_argument("--to", dest="end", required=True, help="last mesh file")

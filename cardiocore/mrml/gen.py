@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 import cardiocore
-from cardiocore.errors import CardioInputError, MeshError
+from cardiocore.errors import CardioInputError
 from cardiocore.gen.clinical import CLINICAL_COLUMNS
-from cardiocore.gen.data import ATLAS_HINT, PHASES
+from cardiocore.gen.data import PHASES
 from cardiocore.gen.evaluate import evaluate_generated, shape_indices_or_nan
 from cardiocore.gen.model import CONDITION_NAMES, CardioGenModel
 from cardiocore.gen.samplers import DEFAULT_FAST_STEPS
@@ -232,35 +232,25 @@ def interpolate_to_sequence(
     model: CardioGenModel, node_a: Any, node_b: Any, n: int, name: str | None = None
 ) -> tuple[Any, Any]:
     """A sequence of ``n`` meshes evenly spaced in the model's latent space from ``node_a`` to
-    ``node_b`` (the ends are the two meshes' VAE reconstructions), to play as an animation.
+    ``node_b``, to play as an animation. The nodes may lie anywhere in the scene (world RAS): the
+    frames move rigidly from the first one's place to the second's, and the end frames are the two
+    meshes' VAE reconstructions, where the nodes are (:meth:`CardioGenModel.interpolate`).
 
     Returns:
         (``vtkMRMLSequenceNode``, ``vtkMRMLSequenceBrowserNode``).
 
     Raises:
-        CardioInputError: n < 2 or a node that is not a model; MeshError: a model whose vertex
-            count or faces differ from the CardioGen template (named, pointing to CardioAtlas).
+        CardioInputError: n < 2, a node that is not a model, or one far from the training shapes'
+            size (not in mm?); MeshError: a model whose vertex count or faces differ from the
+            CardioGen template (named, pointing to CardioAtlas).
     """
     if not isinstance(n, (int, np.integer)) or n < 2:
         raise CardioInputError("n", f"must be at least 2 frames (the two ends), got {n!r}")
-    ends = [torch.as_tensor(_template_mesh(model, node), dtype=torch.float32) for node in (node_a, node_b)]
-    frames = model.interpolate(ends[0], ends[1], int(n))
+    ends = [model.template_vertices(mesh.verts, mesh.faces, node.GetName())
+            for node, mesh in ((node, model_to_mesh(node)) for node in (node_a, node_b))]
+    frames = model.interpolate(ends[0], ends[1], int(n), names=(node_a.GetName(), node_b.GetName()))
     name = name or f"CardioGen {node_a.GetName()} to {node_b.GetName()}"
     return meshes_to_sequence(frames.numpy(), name, faces=model.faces.numpy(), color=PHASE_COLORS[None])
-
-
-def _template_mesh(model: CardioGenModel, node: Any) -> np.ndarray:
-    """The world RAS vertices (V, 3) of a model node in the model's template topology."""
-    mesh = model_to_mesh(node)
-    faces = model.faces.numpy()
-    if mesh.verts.shape[0] != model.n_vertices or not np.array_equal(mesh.faces, faces):
-        raise MeshError(
-            node.GetName(),
-            f"has {mesh.verts.shape[0]} vertices and {mesh.faces.shape[0]} faces, not the CardioGen template's "
-            f"{model.n_vertices} vertices and {faces.shape[0]} faces",
-            ATLAS_HINT,
-        )
-    return mesh.verts
 
 
 # ---------------------------------------------------------------------------- evaluate

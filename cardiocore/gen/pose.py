@@ -1,0 +1,152 @@
+"""Where a mesh sits relative to the frame a shape model was trained in, and back.
+
+A CardioGen VAE has no pose invariance: it learnt shapes in the training data's frame (the CAP
+atlas's LV frame), so a mesh of the same topology given in a scanner's RAS frame is encoded as
+nonsense. Measured with the bundled model on 20 CAP shapes: mean per-vertex reconstruction error
+0.57 mm in the data's frame, 12.8 mm after a 23 mm shift, 15.7 mm after a 30 degree rotation.
+
+:func:`fit_pose` finds the rigid motion (rotation and translation, no scaling: the size is part of
+the shape) that puts a mesh where the model reconstructs it best, the way an active shape model is
+fitted: a first Procrustes alignment onto the model's mean shape, then alternately reconstructing
+the aligned mesh and aligning the mesh onto that reconstruction, until the motion settles. On 300
+CAP shapes (every 10th of the cohort) moved by random rotations and shifts of ~100 mm this gives a
+median reconstruction error of 0.565 mm (p95 0.87 mm), the same as for the shapes in their own frame;
+for shapes already in the frame the motion found is ~0.1 degree and ~0.1 mm
+(``docs/benchmarks/cardiogen-eval/pose_invariance.py``).
+Correspondence is by vertex index (same template), so each alignment is the closed-form Kabsch
+solution (:meth:`scipy.spatial.transform.Rotation.align_vectors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.spatial.transform import Rotation, Slerp
+
+from cardiocore.errors import CardioInputError
+
+MAX_ROUNDS = 8
+"""Most reconstruct-and-align rounds of :func:`fit_pose`."""
+
+SETTLED_MM = 0.01
+""":func:`fit_pose` stops when a round moves the vertices by less than this (RMS, mm)."""
+
+SIZE_RATIO_LIMITS = (0.2, 5.0)
+"""A mesh whose RMS radius is outside these multiples of the mean shape's is refused: its units
+are not mm (metres, cm) or it is not the anatomy the model was trained on."""
+
+
+@dataclass(frozen=True)
+class RigidPose:
+    """The rigid motion ``x -> x @ rotation.T + translation`` (mm): rotation (3, 3) and
+    translation (3,), float64."""
+
+    rotation: torch.Tensor
+    translation: torch.Tensor
+
+    @classmethod
+    def identity(cls) -> RigidPose:
+        return cls(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+
+    def apply(self, verts: torch.Tensor) -> torch.Tensor:
+        """Vertices (..., V, 3) mm moved, in their own dtype."""
+        return verts @ self.rotation.to(verts.dtype).T + self.translation.to(verts.dtype)
+
+    def inverse(self) -> RigidPose:
+        rotation_back = self.rotation.T
+        return RigidPose(rotation_back, -(self.translation @ rotation_back.T))
+
+    def angle_degrees(self) -> float:
+        return float(np.degrees(Rotation.from_matrix(self.rotation.numpy()).magnitude()))
+
+
+def kabsch_pose(moving: torch.Tensor, target: torch.Tensor) -> RigidPose:
+    """The rigid motion that best puts ``moving`` (V, 3) onto ``target`` (V, 3) in the least-squares
+    sense, vertex by vertex (mm)."""
+    moving, target = moving.double(), target.double()
+    moving_centre, target_centre = moving.mean(dim=0), target.mean(dim=0)
+    rotation, _ = Rotation.align_vectors((target - target_centre).numpy(), (moving - moving_centre).numpy())
+    matrix = torch.as_tensor(rotation.as_matrix())
+    return RigidPose(matrix, target_centre - moving_centre @ matrix.T)
+
+
+@dataclass(frozen=True)
+class PoseFit:
+    """What :func:`fit_pose` found: the motion into the model's frame, the mesh reconstructed there
+    (V, 3) mm in the model's frame, and its mean per-vertex distance to the moved mesh (mm)."""
+
+    pose: RigidPose
+    reconstruction: torch.Tensor
+    error_mm: float
+
+
+def _scored(verts: torch.Tensor, pose: RigidPose, reconstruct: Callable[[torch.Tensor], torch.Tensor]) -> PoseFit:
+    moved = pose.apply(verts)
+    reconstruction = reconstruct(moved).double()
+    return PoseFit(pose, reconstruction, float((reconstruction - moved).norm(dim=-1).mean()))
+
+
+def check_size(verts: torch.Tensor, mean_shape: torch.Tensor, name: str) -> None:
+    """Refuse a mesh (V, 3) whose RMS radius about its centroid is far from the mean shape's
+    (:data:`SIZE_RATIO_LIMITS`), naming it and the likely unit mistake."""
+    def radius(points: torch.Tensor) -> float:
+        points = points.double()
+        return float((points - points.mean(dim=0)).square().sum(dim=1).mean().sqrt())
+
+    ratio = radius(verts) / radius(mean_shape)
+    low, high = SIZE_RATIO_LIMITS
+    if not low <= ratio <= high:
+        unit = "metres or cm" if ratio < low else "a unit smaller than mm"
+        raise CardioInputError(
+            name, f"is {ratio:.3g} times the size of the model's mean shape",
+            f"the model works in mm: is the mesh in {unit}? Rescale it to mm first",
+        )
+
+
+def fit_pose(
+    verts: torch.Tensor,
+    mean_shape: torch.Tensor,
+    reconstruct: Callable[[torch.Tensor], torch.Tensor],
+    rounds: int = MAX_ROUNDS,
+) -> PoseFit:
+    """The rigid motion that puts a mesh where a shape model reconstructs it best (module docstring).
+
+    Args:
+        verts: the mesh (V, 3) mm, in any frame, in the model's vertex order.
+        mean_shape: the model's mean shape (V, 3) mm, in its training frame.
+        reconstruct: the model's reconstruction of a mesh (V, 3) mm in its frame.
+        rounds: most reconstruct-and-align rounds after the first alignment.
+
+    Returns:
+        The best of the motions tried, the identity included: a mesh already in the model's frame
+        keeps its place unless a motion reconstructs it better.
+    """
+    verts = verts.double()
+    current = _scored(verts, kabsch_pose(verts, mean_shape), reconstruct)
+    best = min(_scored(verts, RigidPose.identity(), reconstruct), current, key=lambda fit: fit.error_mm)
+    for _ in range(rounds):
+        pose = kabsch_pose(verts, current.reconstruction)
+        step_mm = float((pose.apply(verts) - current.pose.apply(verts)).square().sum(dim=1).mean().sqrt())
+        current = _scored(verts, pose, reconstruct)
+        best = min(best, current, key=lambda fit: fit.error_mm)
+        if step_mm < SETTLED_MM:
+            break
+    return best
+
+
+def blend_poses(start: RigidPose, end: RigidPose, fractions: torch.Tensor, centre: torch.Tensor) -> list[RigidPose]:
+    """Rigid motions evenly between two (rotation by spherical interpolation, the image of
+    ``centre`` (3,) mm on the straight line between its two images), at ``fractions`` (n,) in [0, 1]."""
+    rotations = Rotation.from_matrix(np.stack([start.rotation.numpy(), end.rotation.numpy()]))
+    blended = Slerp([0.0, 1.0], rotations)(fractions.double().numpy()).as_matrix()
+    centre = centre.double()
+    centre_start, centre_end = start.apply(centre), end.apply(centre)
+    poses = []
+    for fraction, matrix in zip(fractions.double(), blended, strict=True):
+        rotation = torch.as_tensor(matrix)
+        image = torch.lerp(centre_start, centre_end, fraction)
+        poses.append(RigidPose(rotation, image - centre @ rotation.T))
+    return poses
