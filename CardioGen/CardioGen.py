@@ -61,6 +61,7 @@ if IN_SLICER:
         trainFolder: Path
         trainName: str = "cardiogen-user"
         trainStepsScale: Annotated[float, WithinRange(0.01, 10.0)] = 1.0
+        trainAlign: bool = False
         trainOutput: Path
         generatedFolder: Path
         referenceFolder: Path
@@ -204,7 +205,7 @@ class CardioGenWidget(ScriptedLoadableModuleWidget):
             else:
                 data = parameters.trainFolder
             self._training = self.logic.start_training(
-                data, workFolder, parameters.trainName, parameters.trainStepsScale
+                data, workFolder, parameters.trainName, parameters.trainStepsScale, align=parameters.trainAlign
             )
             self._trainingName = parameters.trainName
             self.ui.trainProgressBar.value = 0
@@ -323,11 +324,12 @@ class CardioGenLogic(ScriptedLoadableModuleLogic):
         return folder
 
     def start_training(
-        self, data: str | os.PathLike, work_folder: str | os.PathLike, name: str, steps_scale: float = 1.0
+        self, data: str | os.PathLike, work_folder: str | os.PathLike, name: str, steps_scale: float = 1.0,
+        align: bool = False,
     ) -> Any:
         """Start ``cardio gen train`` in a background process (a ``BackgroundTraining``); the
         model is registered under ``name`` with the next free version. A work folder with
-        checkpoints of a stopped run is resumed."""
+        checkpoints of a stopped run is resumed. ``align``: ``--align`` (meshes in their own frames)."""
         from cardiocore.mrml.gen import next_model_version, train_in_background
 
         if str(data) in ("", "."):
@@ -336,7 +338,7 @@ class CardioGenLogic(ScriptedLoadableModuleLogic):
         resume = any(work.glob("*/last.pt")) and not (work / "model.pt").exists()
         return train_in_background(
             data, work, name=name, steps_scale=steps_scale, resume=resume,
-            extra=["--register", "--version", next_model_version(name)],
+            extra=["--register", "--version", next_model_version(name), *(["--align"] if align else [])],
         )
 
 

@@ -270,13 +270,14 @@ def test_cli_train_tiny_from_a_folder(app, tmp_path, capsys):
     write_mesh_folder(tmp_path / "cohort", meshes, point_data={"region": labels})
     out = tmp_path / "run"
     assert main(["gen", "train", "--data", str(tmp_path / "cohort"), "--out", str(out), "--tiny",
-                 "--models", "ED", "--progress", "json", "--seed", "3"]) == 0
+                 "--models", "ED", "--progress", "json", "--seed", "3", "--align"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert '"stage": "vae"' in lines[0] and any('"stage": "diffusion-ED"' in line for line in lines)
     trained = CardioGenModel.load(out / "model.pt")
     assert trained.phases_available == ["ED"]
     # the training seed is recorded; the split keeps its own seed
     assert trained.card["spec"]["seed"] == 3 and trained.card["split"]["seed"] == 0
+    assert trained.card["spec"]["align"] and trained.alignment.shape == (cohort.n_vertices, 3)  # --align reached it
 
 
 def test_diffusion_retrained_on_a_kept_vae(tiny_gen, tmp_path):

@@ -100,3 +100,66 @@ def test_bundled_model_reconstructs_real_shapes_anywhere_as_well_as_in_their_fra
         assert moved.error_mm <= in_frame + 0.05  # measured: within 0.002 mm (motions of 88-162 degrees)
         as_lying = model.reconstruct(motion.apply(shape).float()[None])[0].double()
         assert float(torch.linalg.vector_norm(as_lying - motion.apply(shape), dim=-1).mean()) > 10.0
+
+
+def _scattered(cohort, seed: int = 0):
+    """The cohort with every subject (ED and ES together) moved by its own random rigid motion, as
+    meshes in each patient's scanner frame would be."""
+    import dataclasses
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    verts = cohort.verts.double().clone()
+    for subject in dict.fromkeys(cohort.subject_ids):
+        items = [i for i, s in enumerate(cohort.subject_ids) if s == subject]
+        motion = RigidPose(torch.as_tensor(Rotation.random(random_state=rng).as_matrix()),
+                           torch.as_tensor(rng.normal(0.0, 80.0, 3)))
+        verts[items] = motion.apply(verts[items])
+    return dataclasses.replace(cohort, verts=verts.float())
+
+
+def test_cohort_alignment_undoes_per_subject_motions_and_keeps_each_subject_whole():
+    from gen_helpers import phantom_cohort
+
+    from cardiocore.gen.pose import aligned_cohort, key_items, pose_spread, procrustes_reference
+
+    cohort = phantom_cohort(8)
+    scattered = _scattered(cohort)
+    assert key_items(cohort) == list(range(0, 16, 2))  # each subject's ED item
+    assert max(pose_spread(cohort)) < 3.0 and min(pose_spread(scattered)) > 30.0  # degrees, mm
+    straight = aligned_cohort(cohort, procrustes_reference(cohort.verts[key_items(cohort)]))
+    again = aligned_cohort(scattered, procrustes_reference(scattered.verts[key_items(scattered)]))
+    # The same cohort up to one rigid motion of the whole (the reference sits in the first subject's frame).
+    whole = kabsch_pose(again.verts.double().reshape(-1, 3), straight.verts.double().reshape(-1, 3))
+    torch.testing.assert_close(whole.apply(again.verts.double()), straight.verts.double(), atol=1e-3, rtol=0)
+    # ED and ES of a subject moved together: the vertex distances between the two are kept.
+    for ed, es in ((0, 1), (6, 7)):
+        torch.testing.assert_close(torch.cdist(again.verts[ed].double(), again.verts[es].double()),
+                                   torch.cdist(cohort.verts[ed].double(), cohort.verts[es].double()), atol=1e-3, rtol=0)
+
+
+def test_training_on_a_scattered_cohort_warns_and_aligns_when_asked(tmp_path):
+    import dataclasses
+
+    from gen_helpers import phantom_cohort
+
+    from cardiocore.gen.model import CardioGenModel
+    from cardiocore.gen.training import GenTrainingSpec, train_cardiogen
+
+    scattered = _scattered(phantom_cohort(24))
+    spec = dataclasses.replace(GenTrainingSpec.tiny(), models=("ED",))
+    with pytest.warns(UserWarning, match=r"orientations differ by \d+ degrees .* own frames.*--align"):
+        plain = train_cardiogen(scattered, tmp_path / "plain", spec, progress=lambda *a: None)
+    aligned = train_cardiogen(scattered, tmp_path / "aligned", dataclasses.replace(spec, align=True),
+                              progress=lambda *a: None)
+    loaded = CardioGenModel.load(aligned.model_path)
+    assert plain.model.alignment is None and loaded.card["spec"]["align"] is True
+    torch.testing.assert_close(loaded.alignment, aligned.model.alignment)
+    test_raw, test_aligned = plain.model.splits_of(scattered)[-1], loaded.splits_of(scattered)[-1]
+    assert test_raw.subject_ids == test_aligned.subject_ids
+
+    def error(model, part):
+        return float(torch.linalg.vector_norm(model.reconstruct(part.verts) - part.verts, dim=-1).mean())
+
+    assert error(loaded, test_aligned) < 0.5 * error(plain.model, test_raw)  # held-out subjects, aligned alike

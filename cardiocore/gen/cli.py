@@ -67,6 +67,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     spec = spec.scaled(args.steps_scale) if args.steps_scale != 1.0 else spec
     spec.device = args.device
     spec.seed = args.seed
+    spec.align = args.align
     if args.models:
         spec.models = tuple(args.models)
     result = train_cardiogen(
@@ -168,12 +169,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate_folder_meshes(args.generated, args.reference)
     else:
         from cardiocore.gen.evaluate import evaluate_model, format_report
-        from cardiocore.gen.training import split_as_recorded
 
         if not args.data:
             raise CardioInputError("--data", "is needed to evaluate a model (the cohort it was trained on)")
         model = load_model(args.model, args.device)
-        parts = split_as_recorded(load_cohort(args.data), model.card.get("split", {}))
+        parts = model.splits_of(load_cohort(args.data))
         held_out = parts[-1] if args.split == "test" else parts[1]
         if len(held_out) == 0:
             raise CardioInputError("--split", f"the model's {args.split} split of {args.data} is empty")
@@ -194,11 +194,10 @@ def held_out_references(model: Any, data: str, count: int = 0) -> Any:
     """ED shapes (R, V, 3) mm of the model's held-out test split of ``data``: all of them
     (``count`` 0) or a seeded choice of ``count``, kept in split order."""
     from cardiocore.gen.evaluate import equal_size
-    from cardiocore.gen.training import split_as_recorded
 
     if count < 0:
         raise CardioInputError("--references", f"must be 0 (all) or a positive count, got {count}")
-    test_ed = split_as_recorded(load_cohort(data), model.card.get("split", {}))[-1].phase("ED").verts
+    test_ed = model.splits_of(load_cohort(data))[-1].phase("ED").verts
     return equal_size(test_ed, test_ed[:count])[0] if count else test_ed  # equal_size: seeded, order kept
 
 
@@ -253,6 +252,12 @@ def add_gen_commands(commands: Any) -> None:
         "--seed", type=int, default=0,
         help="seed of weight initialisation and batch order (default 0); the split keeps its own seed, so runs "
         "with different seeds hold out the same subjects",
+    )
+    train.add_argument(
+        "--align", action="store_true",
+        help="move every subject rigidly (ED and ES together) onto the Procrustes mean of the training subjects "
+        "first: for meshes that lie in their own frames, e.g. each patient's scanner frame (training warns when "
+        "they seem to); generated meshes then come out in the first training subject's frame",
     )
     train.add_argument("--data-description", default="", help="training data, for the model card")
     train.add_argument("--data-license", default="", help="license of the training data, for the model card")

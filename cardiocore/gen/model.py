@@ -31,9 +31,9 @@ from torch import nn
 import cardiocore
 from cardiocore.errors import CardioInputError, MeshError, WeightsError
 from cardiocore.gen.clinical import lv_shape_indices, pair_ejection_fraction, surface_volumes_ml
-from cardiocore.gen.data import ATLAS_HINT, ShapeNormalizer
+from cardiocore.gen.data import ATLAS_HINT, ShapeCohort, ShapeNormalizer
 from cardiocore.gen.diffusion import PHASE_NAMES, LatentDiffusion
-from cardiocore.gen.pose import PoseFit, blend_poses, check_size, fit_pose
+from cardiocore.gen.pose import PoseFit, aligned_cohort, blend_poses, check_size, fit_pose
 from cardiocore.gen.samplers import DEFAULT_SAMPLER
 from cardiocore.gen.vae import MeshVAE
 from cardiocore.geometry.hierarchy import MeshHierarchy
@@ -66,6 +66,9 @@ class CardioGenModel(nn.Module):
         card: JSON-compatible model card (data, license, split, metrics...).
         reference: clinical columns of the training cohort ((N,) arrays; "phase" holds 0 = ED,
             1 = ES), the distribution generated shapes are compared with.
+        alignment: the shape (V, 3) mm the training subjects were rigidly aligned to (trained with
+            align), or None: the cohort was used in its own frame. Held-out shapes are aligned the
+            same way (:meth:`splits_of`).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class CardioGenModel(nn.Module):
         regions: Mapping[str, torch.Tensor],
         card: Mapping[str, Any] | None = None,
         reference: Mapping[str, np.ndarray] | None = None,
+        alignment: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         unknown = sorted(set(diffusion) - set(DIFFUSION_KEYS))
@@ -90,6 +94,9 @@ class CardioGenModel(nn.Module):
         self.regions = {name: torch.as_tensor(index).long().cpu() for name, index in regions.items()}
         self.card = dict(card or {})
         self.reference = {name: np.asarray(values, dtype=np.float64) for name, values in (reference or {}).items()}
+        self.alignment = None if alignment is None else torch.as_tensor(alignment, dtype=torch.float64).cpu()
+        if self.alignment is not None and tuple(self.alignment.shape) != (self.n_vertices, 3):
+            raise CardioInputError("alignment", f"must be a shape ({self.n_vertices}, 3), got {tuple(self.alignment.shape)}")
 
     # ------------------------------------------------------------------ description
     @property
@@ -189,6 +196,14 @@ class CardioGenModel(nn.Module):
                 ATLAS_HINT,
             )
         return verts_t
+
+    def splits_of(self, cohort: ShapeCohort) -> list[ShapeCohort]:
+        """The cohort's (train, validation, test) parts as this model was trained on them: its recorded
+        split, and its rigid alignment when it was trained with one."""
+        from cardiocore.gen.training import split_as_recorded
+
+        parts = split_as_recorded(cohort, self.card.get("split", {}))
+        return parts if self.alignment is None else [aligned_cohort(part, self.alignment) for part in parts]
 
     def pose_of(self, verts: torch.Tensor, name: str = "mesh") -> PoseFit:
         """Where the VAE reconstructs a mesh (V, 3) mm best (:func:`cardiocore.gen.pose.fit_pose`),
@@ -347,6 +362,7 @@ class CardioGenModel(nn.Module):
             "regions": {k: v.cpu() for k, v in self.regions.items()},
             "card": self.card,
             "reference": {k: torch.as_tensor(v) for k, v in self.reference.items()},
+            **({} if self.alignment is None else {"alignment": self.alignment.clone()}),
         }
 
     def _hierarchy_payload(self) -> dict[str, Any]:
@@ -388,7 +404,7 @@ class CardioGenModel(nn.Module):
             diffusion[key] = LatentDiffusion.from_config(part["config"])
             diffusion[key].load_state_dict(part["state"])
         reference = {k: torch.as_tensor(v).numpy() for k, v in payload.get("reference", {}).items()}
-        return cls(vae, diffusion, payload["regions"], payload.get("card"), reference)
+        return cls(vae, diffusion, payload["regions"], payload.get("card"), reference, payload.get("alignment"))
 
     @classmethod
     def from_bundled(cls, name: str = BUNDLED_MODEL, version: str | None = None, device: str = "auto") -> CardioGenModel:

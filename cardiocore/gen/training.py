@@ -31,6 +31,7 @@ import functools
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from cardiocore.gen.data import ShapeCohort, ShapeDataset, ShapeNormalizer, spli
 from cardiocore.gen.denoiser import LatentDenoiser
 from cardiocore.gen.diffusion import PHASE_NAMES, LatentDataset, LatentDiffusion, latent_diffusion_loss
 from cardiocore.gen.model import CONDITION_NAMES, DIFFUSION_KEYS, CardioGenModel, build_vae
+from cardiocore.gen.pose import SCATTERED_DEGREES, SCATTERED_MM, aligned_cohort, key_items, pose_spread, procrustes_reference
 from cardiocore.gen.vae import KLAnnealing, MeshVAE, VAEObjective
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.train.checkpoint import json_ready, load_checkpoint, trained_weights
@@ -60,9 +62,9 @@ MIN_TRAIN_SUBJECTS = 8
 
 VAE_FIELDS = (
     "channels", "latent_dim", "cheb_k", "factors", "vae_steps", "vae_batch", "vae_lr", "logvar_init",
-    "split", "split_seed", "stratify_split", "seed",
+    "split", "split_seed", "stratify_split", "seed", "align",
 )
-VAE_FIELDS_ADDED_LATER = {"stratify_split": False}
+VAE_FIELDS_ADDED_LATER = {"stratify_split": False, "align": False}
 """VAE settings that older model cards lack, with the value those runs had."""
 DIFFUSION_FIELDS = (
     "diffusion_steps", "diffusion_batch", "diffusion_lr", "hidden", "layers", "timesteps", "condition_dropout",
@@ -92,6 +94,10 @@ class GenTrainingSpec:
     Split: subjects shared out by the fractions ``split`` (train, validation, test) with
     ``split_seed``, stratified by their EDV and EF when ``stratify_split`` (so that the test part
     is a fair sample of the cohort's volumes; see :func:`split_as_recorded`).
+    Pose: with ``align``, every subject is first moved rigidly onto the Procrustes mean of the
+    training subjects' ED shapes (ED and ES together; :mod:`cardiocore.gen.pose`), for cohorts whose
+    meshes lie in their own frames; the model keeps that mean, and generates in its frame (that of
+    the first training subject).
     """
 
     channels: tuple[int, ...] = (3, 16, 16, 32, 32)
@@ -114,6 +120,7 @@ class GenTrainingSpec:
     split_seed: int = 0
     stratify_split: bool = True
     seed: int = 0
+    align: bool = False
     models: tuple[str, ...] = DIFFUSION_KEYS
     device: str = "auto"
     reference_per_phase: int = 300
@@ -332,6 +339,9 @@ def train_cardiogen(
     out.mkdir(parents=True, exist_ok=True)
     recorded_split = split_record(spec)
     splits = dict(zip(("train", "val", "test"), split_as_recorded(cohort, recorded_split)))
+    alignment = _alignment(spec, splits["train"], vae_from)
+    if alignment is not None:
+        splits = {part: aligned_cohort(c, alignment) for part, c in splits.items()}
     train_set, val_set = splits["train"], splits.get("val")
     runner = _StageRunner(out, spec, resume, overwrite, progress, should_stop)
     data_identity = {"n_items": len(cohort), "n_vertices": cohort.n_vertices}
@@ -383,9 +393,30 @@ def train_cardiogen(
         **({} if vae_from is None else {"vae_from": f"{vae_from.card.get('name')} ({vae_from.card.get('created')})"}),
     }
     reference = _reference_distribution(train_set, spec.reference_per_phase, spec.seed)
-    trained = CardioGenModel(vae.cpu(), {k: m.cpu() for k, m in diffusion.items()}, cohort.regions, card, reference)
+    trained = CardioGenModel(vae.cpu(), {k: m.cpu() for k, m in diffusion.items()}, cohort.regions, card, reference,
+                             alignment)
     trained.save(model_path, overwrite=True)
     return TrainedGen(model_path, trained, splits, metrics)
+
+
+def _alignment(spec: GenTrainingSpec, train_set: ShapeCohort, vae_from: CardioGenModel | None) -> torch.Tensor | None:
+    """The reference shape (V, 3) mm the cohort is aligned to (``spec.align``: the Procrustes mean of
+    the training subjects' key shapes, or the reused VAE's own), else None, with a warning when the
+    training meshes look like they lie in their own frames (:data:`~cardiocore.gen.pose.SCATTERED_DEGREES`)."""
+    if not spec.align:
+        degrees, mm = pose_spread(train_set)
+        if degrees > SCATTERED_DEGREES or mm > SCATTERED_MM:
+            warnings.warn(
+                f"the training subjects' orientations differ by {degrees:.0f} degrees and their centres by {mm:.0f} mm "
+                "(medians): the meshes seem to lie in their own frames (e.g. each patient's scanner frame), and the "
+                "model would spend itself on where they lie instead of their shapes. Train with align "
+                "(cardio gen train --align)",
+                stacklevel=3,
+            )
+        return None
+    if vae_from is not None and vae_from.alignment is not None:
+        return vae_from.alignment
+    return procrustes_reference(train_set.verts[key_items(train_set)])
 
 
 def _train_vae(
