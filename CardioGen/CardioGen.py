@@ -251,7 +251,8 @@ class CardioGenWidget(ScriptedLoadableModuleWidget):
 
     # ------------------------------------------------------------------ evaluate
     def onEvaluate(self) -> None:
-        with slicer.util.tryWithErrorDisplay("CardioGen could not evaluate the folders.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay("CardioGen could not evaluate the folders.", waitCursor=True), \
+                self._warningsShown():
             self._ensureRequirements()
             parameters = self._parameterNode
             table = self.logic.evaluate(parameters.generatedFolder, parameters.referenceFolder)

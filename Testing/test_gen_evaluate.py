@@ -110,6 +110,20 @@ def test_evaluate_generated_cuts_to_equal_size_and_reports(draws):
     assert "1-NNA" in report and "myocardial_mass_g" in report
 
 
+def test_evaluate_generated_warns_when_the_sets_lie_in_different_frames(draws):
+    first, second = draws
+    result = evaluate_generated(first.verts[:6], second.verts[:6], first.faces, n_points=128)
+    assert result["frame_warnings"] == []  # two phantom draws in one frame
+    shifted = second.verts[:6] + torch.tensor([0.0, 40.0, 0.0])  # the reference 40 mm away
+    with pytest.warns(UserWarning, match="different frames: .* turned 0 degrees and shifted 40 mm apart"):
+        result = evaluate_generated(first.verts[:6], shifted, first.faces, n_points=128)
+    assert "warning: the generated and reference meshes lie in different frames" in format_report(result)
+    scattered = second.verts[:6].clone()
+    scattered[::2] = scattered[::2] @ torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).T
+    with pytest.warns(UserWarning, match="reference meshes' orientations differ by"):
+        evaluate_generated(first.verts[:6], scattered, first.faces, n_points=128)
+
+
 def test_evaluate_generated_topology_mismatch_names_the_files(draws):
     first, _ = draws
     odd = first.verts[1, :200]

@@ -21,6 +21,7 @@ Targets are the issue's quality targets (:data:`TARGETS`); they are printed besi
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from scipy.stats import ks_2samp, norm
 from cardiocore.errors import CardioInputError, MeshError
 from cardiocore.gen.clinical import CLINICAL_COLUMNS, lv_shape_indices, pair_ejection_fraction
 from cardiocore.gen.data import ATLAS_HINT, PHASES, _name_items
+from cardiocore.gen.pose import frame_problems
 from cardiocore.gen.samplers import DEFAULT_FAST_STEPS, DEFAULT_SAMPLER
 from cardiocore.geometry.sampling import sample_surface
 from cardiocore.metrics.distance import CHAMFER_POINTS
@@ -431,12 +433,17 @@ def evaluate_generated(
     faces_t = torch.as_tensor(faces).long().cpu()
     _check_topology(gen, ref, faces_t, reference_faces)
     gen_used, ref_used = equal_size(gen, ref, seed)
+    frames = frame_problems(gen, ref)
+    for problem in frames:
+        warnings.warn(f"{problem}: 1-NNA, COV and MMD (Chamfer distances where the meshes lie) measure that as much "
+                      "as their shapes; compare meshes in one frame (cardio gen train --align for a cohort)",
+                      stacklevel=2)
     scores = generative_scores(gen_used, ref_used, faces_t, n_points=n_points, seed=seed, device=device)
     entry = _generative_entry(scores, gen_used.shape[0])
     result: dict[str, Any] = {
         "n_generated": int(gen.shape[0]), "n_reference": int(ref.shape[0]), "n_used": int(gen_used.shape[0]),
         "generative": {"all": entry}, "clinical": [], "n_invalid_generated": 0,
-        "checks": _generative_checks("", entry),
+        "checks": _generative_checks("", entry), "frame_warnings": frames,
     }
     if regions is not None:
         region_t = {name: torch.as_tensor(index).long() for name, index in regions.items()}
@@ -739,6 +746,8 @@ def format_report(result: Mapping[str, Any]) -> str:
         [(c["figure"], _number(c["value"]), c["unit"], c["target"], verdict[c["passes"]])
          for c in result["checks"]],
     )]
+    parts += [f"warning: {problem}; the generative figures measure that as much as the shapes"
+              for problem in result.get("frame_warnings", [])]
     if result.get("real_baseline"):
         parts.append("diagnostic, no target: as many real training shapes scored against the same test shapes "
                      "(what a generator drawing exactly from the data distribution would get at this set size)")

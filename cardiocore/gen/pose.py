@@ -203,15 +203,21 @@ def aligned_cohort(cohort: ShapeCohort, reference: torch.Tensor) -> ShapeCohort:
 
 
 def pose_spread(cohort: ShapeCohort) -> tuple[float, float]:
-    """How scattered a cohort's subjects are: the median angle (degrees) between a subject's
-    orientation (its key shape's rotation onto the Procrustes mean) and the subjects' mean
-    orientation, and the median distance (mm) of the key shapes' centroids from their mean.
+    """How scattered a cohort's subjects are: :func:`shapes_spread` of their key shapes
+    (:func:`key_items`).
 
     Measured: the CAP atlas (aligned already) 0.12 degrees and 0.15 mm; the tests' phantom cohort
     (one frame, lengths varying) 0.2 degrees and 2.4 mm; CAP subjects each moved at random by ~5
     degrees and ~5 mm: 4.5 degrees and 7.8 mm; by ~10 degrees and ~10 mm: 8.7 degrees and 15.5 mm.
     """
-    shapes = cohort.verts[key_items(cohort)].double()
+    return shapes_spread(cohort.verts[key_items(cohort)])
+
+
+def shapes_spread(shapes: torch.Tensor) -> tuple[float, float]:
+    """How scattered shapes (N, V, 3) mm of one template are: the median angle (degrees) between a
+    shape's orientation (its rotation onto their Procrustes mean) and their mean orientation, and the
+    median distance (mm) of their centroids from their mean."""
+    shapes = shapes.double()
     if shapes.shape[0] < 2:
         return 0.0, 0.0
     reference = procrustes_reference(shapes)
@@ -220,3 +226,24 @@ def pose_spread(cohort: ShapeCohort) -> tuple[float, float]:
     centroids = shapes.mean(dim=1)
     offsets = (centroids - centroids.mean(dim=0)).norm(dim=1)
     return float(np.degrees(np.median(angles))), float(offsets.median())
+
+
+def frame_problems(generated: torch.Tensor, reference: torch.Tensor) -> list[str]:
+    """Why two sets of shapes (N, V, 3) and (M, V, 3) mm of one template cannot be compared where
+    they lie (empty when they can): either set scattered (:func:`shapes_spread` beyond
+    :data:`SCATTERED_DEGREES` / :data:`SCATTERED_MM`), or their mean shapes turned or shifted apart
+    by more than that."""
+    problems = []
+    for name, shapes in (("generated", generated), ("reference", reference)):
+        degrees, mm = shapes_spread(shapes)
+        if degrees > SCATTERED_DEGREES or mm > SCATTERED_MM:
+            problems.append(f"the {name} meshes' orientations differ by {degrees:.0f} degrees and their centres by "
+                            f"{mm:.0f} mm (medians): they lie in their own frames")
+    if not problems:
+        mean_generated, mean_reference = generated.double().mean(dim=0), reference.double().mean(dim=0)
+        degrees = kabsch_pose(mean_generated, mean_reference).angle_degrees()
+        mm = float((mean_generated.mean(dim=0) - mean_reference.mean(dim=0)).norm())
+        if degrees > SCATTERED_DEGREES or mm > SCATTERED_MM:
+            problems.append(f"the generated and reference meshes lie in different frames: their mean shapes are "
+                            f"turned {degrees:.0f} degrees and shifted {mm:.0f} mm apart")
+    return problems
