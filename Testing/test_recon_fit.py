@@ -95,7 +95,7 @@ def test_fit_reaches_the_dice_targets_on_an_oblique_anisotropic_phantom(oblique_
     seen: list[int] = []
     result = fit_template(oblique_phantom.labels, oblique_phantom.ijk_to_ras, rules, template, steps=100,
                           device=device, dense=dense, progress=lambda step, total, terms: seen.append(step))
-    assert seen == list(range(1, 101)) and not result.cancelled and result.missing == ()
+    assert seen == list(range(1, 101)) and not result.cancelled and result.missing == () and not result.mirrored
     scores = {}
     for name, (verts, faces) in zip(result.names, result.meshes(), strict=True):
         assert torch.equal(faces, template.mesh(name)[1])  # template topology
@@ -103,6 +103,24 @@ def test_fit_reaches_the_dice_targets_on_an_oblique_anisotropic_phantom(oblique_
         scores[name] = dice(mask, oblique_phantom.labels == rules.structure(name).label)
     assert all(scores[n] >= DICE_MIN[n] for n in DICE_MIN), {n: round(float(s), 4) for n, s in scores.items()}
 
+
+
+def test_a_mirrored_heart_is_fitted_with_the_template_mirror_image(template) -> None:
+    """A phantom read with its first axis flipped (as an LPS image read as RAS would be, or a heart in
+    situs inversus): the fit deforms the template's mirror image. Measured (seed 1, 2 mm, 80 steps, an
+    ad-hoc script): with the template itself the pulmonary artery reached Dice 0.73 and the LA, RA and
+    PA kept 62, 79 and 141 self-intersecting face pairs; with the mirror image every structure
+    0.93-0.99, none (at 60 steps the RA kept 23 pairs and the aorta reached 0.88)."""
+    phantom = heart_label_phantom(shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0), seed=1)
+    labels, rules = phantom.labels[::-1].copy(), RuleSet.default()
+    result = fit_template(labels, phantom.ijk_to_ras, rules, template, steps=80)
+    assert result.mirrored and result.missing == ()
+    for name, (verts, faces) in zip(result.names, result.meshes(), strict=True):
+        assert torch.equal(faces, template.mesh(name)[1][:, [0, 2, 1]])  # the mirror image's winding
+        assert float(enclosed_volume(verts.double(), faces)) > 0  # outward
+        mask = voxelize_mesh(verts, faces, labels.shape, phantom.ijk_to_ras)
+        assert dice(mask, labels == rules.structure(name).label) >= 0.9, name
+    assert not any(result.resolved.self_intersections_left.values())
 
 
 def test_thick_slice_axis_finds_a_short_axis_stack_and_nothing_else() -> None:

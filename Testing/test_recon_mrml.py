@@ -178,6 +178,20 @@ def test_a_collapsed_structure_is_reported_and_gets_no_node(app) -> None:
     assert "warning: rv: not fitted" in summary_text(result.metrics)
 
 
+def test_a_mirrored_heart_is_fitted_and_reported(app) -> None:
+    """A labelmap read with its first axis flipped: the template's mirror image is fitted (outward
+    meshes), and the metrics and summary tell the user to check the orientation."""
+    from cardiocore.phantoms.heart import heart_label_phantom
+
+    phantom = heart_label_phantom(shape=(48, 48, 48), spacing=(2.5, 2.5, 2.5), seed=1)
+    node = array_to_volume(phantom.labels[::-1].copy(), phantom.ijk_to_ras, "flipped", labelmap=True)
+    result = reconstruct_from_labelmap(node, steps=20, device="cpu")
+    assert result.metrics["mirrored"] and len(result.model_nodes) == 7
+    assert result.metrics["warnings"][0].startswith("the structures sit as the mirror image of a normal heart")
+    assert all(m["volume_ml"] > 0 for m in result.metrics["structures"].values())
+    assert "warning: the structures sit as the mirror image" in summary_text(result.metrics)
+
+
 # ---------------------------------------------------------------------------- Predict mode
 QUICK = MODULE.PREDICT_QUALITY_POINTS
 

@@ -412,9 +412,13 @@ def _reconstruct_to_scene(
         f"(the mesh {'turned inside out' if enclosed <= 0 else f'shrank to {enclosed:.2g} ml'}); segment the whole "
         "structure, or leave it out" for name, (labelled, enclosed) in result.collapsed.items()
     ]
+    mirrored = ["the structures sit as the mirror image of a normal heart (left and right swapped), so the "
+                "template's mirror image was fitted: check the image's orientation (an axis read flipped?) unless "
+                "the heart is mirrored (situs inversus, dextrocardia)"] if result.mirrored else []
     metrics = dict(extra) | {
         "mode": "fit",
-        "warnings": collapsed,
+        "warnings": mirrored + collapsed,
+        "mirrored": result.mirrored,
         "fitted": list(result.names),
         "thick_slice_axis": result.slice_axis,
         "views": len(views),

@@ -150,7 +150,7 @@ def refine_to_segmentation(
     voxel_mm = float(np.linalg.norm(np.asarray(labels_ijk_to_ras, dtype=np.float64)[:3, :3], axis=0).mean())
     result = fit_template(
         labels, labels_ijk_to_ras, segmentation_rule_set(names).subset(seen), start.subset(seen), steps=steps,
-        weights=REFINE_WEIGHTS, resolve=False, device=device, spacing_mm=voxel_mm, min_voxels=MIN_VOXELS,
+        weights=REFINE_WEIGHTS, resolve=False, mirror_check=False, device=device, spacing_mm=voxel_mm, min_voxels=MIN_VOXELS,
         coarse_fraction=0.3, should_stop=should_stop,
         progress=None if progress is None else (lambda step, total, _terms: progress(step, total)),
     )

@@ -94,6 +94,13 @@ class HeartTemplate:
         return HeartTemplate(tuple(self.names[i] for i in keep), tuple(self.verts[i] for i in keep),
                              tuple(self.faces[i] for i in keep), self.source)
 
+    def mirrored(self) -> HeartTemplate:
+        """The template's mirror image (left and right swapped: x -> -x), its faces turned so they
+        still face outward; vertex i of each structure stays the same anatomical point."""
+        flip = torch.tensor([-1.0, 1.0, 1.0])
+        return HeartTemplate(self.names, tuple(v * flip.to(v.dtype) for v in self.verts),
+                             tuple(f[:, [0, 2, 1]] for f in self.faces), f"{self.source} (mirrored)")
+
     def merged(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All structures as one mesh.
 
