@@ -13,7 +13,9 @@ the learned joint distribution of (EDV, ESV).
 File format (``torch.save`` of plain tensors and JSON-like values, read with
 ``weights_only=True``): ``{"format": "cardiogen-model", "format_version": 1,
 "cardiocore_version", "vae": {"architecture", "hierarchy", "state"}, "diffusion": {key:
-{"config", "state"}}, "regions", "card", "reference"}``.
+{"config", "state"}}, "regions", "card", "reference"}``, plus ``"alignment"`` (the (V, 3) shape the
+training subjects were rigidly aligned to) for a model trained with align (an older cardiocore
+reads such a file without it, so it would evaluate held-out subjects unaligned).
 """
 
 from __future__ import annotations
