@@ -98,7 +98,8 @@ class CardioGenModel(nn.Module):
         self.reference = {name: np.asarray(values, dtype=np.float64) for name, values in (reference or {}).items()}
         self.alignment = None if alignment is None else torch.as_tensor(alignment, dtype=torch.float64).cpu()
         if self.alignment is not None and tuple(self.alignment.shape) != (self.n_vertices, 3):
-            raise CardioInputError("alignment", f"must be a shape ({self.n_vertices}, 3), got {tuple(self.alignment.shape)}")
+            raise CardioInputError("alignment",
+                                   f"must be a shape ({self.n_vertices}, 3), got {tuple(self.alignment.shape)}")
 
     # ------------------------------------------------------------------ description
     @property

@@ -47,7 +47,14 @@ from cardiocore.gen.data import ShapeCohort, ShapeDataset, ShapeNormalizer, spli
 from cardiocore.gen.denoiser import LatentDenoiser
 from cardiocore.gen.diffusion import PHASE_NAMES, LatentDataset, LatentDiffusion, latent_diffusion_loss
 from cardiocore.gen.model import CONDITION_NAMES, DIFFUSION_KEYS, CardioGenModel, build_vae
-from cardiocore.gen.pose import SCATTERED_DEGREES, SCATTERED_MM, aligned_cohort, key_items, pose_spread, procrustes_reference
+from cardiocore.gen.pose import (
+    SCATTERED_DEGREES,
+    SCATTERED_MM,
+    aligned_cohort,
+    key_items,
+    pose_spread,
+    procrustes_reference,
+)
 from cardiocore.gen.vae import KLAnnealing, MeshVAE, VAEObjective
 from cardiocore.geometry.hierarchy import MeshHierarchy
 from cardiocore.train.checkpoint import json_ready, load_checkpoint, trained_weights

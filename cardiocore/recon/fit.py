@@ -68,6 +68,7 @@ from cardiocore.geometry.value_checks import values_trusted
 from cardiocore.geometry.volume import enclosed_volume
 from cardiocore.geometry.voxelize import voxelize_mesh
 from cardiocore.metrics.distance import padded_chamfer
+from cardiocore.metrics.overlap import dice
 from cardiocore.recon.mie import (
     FaceDipoles,
     Violations,
@@ -494,14 +495,11 @@ def placed_overlap(meshes: Sequence[tuple[torch.Tensor, torch.Tensor]], affine: 
     """Mean Dice over structures of meshes (V_s, 3), (F_s, 3) mm moved by ``affine`` (4, 4) against
     an index map (I, J, K) (structure s = value s, -1 none) on the grid ``ijk_to_ras`` (4, 4)."""
     linear, shift = affine[:3, :3].float(), affine[:3, 3].float()
-    scores = []
-    for s, (verts, faces) in enumerate(meshes):
-        mask = voxelize_mesh((verts.float() @ linear.T + shift).cpu(), faces.cpu(), tuple(labels.shape),
-                             ijk_to_ras.cpu().double().numpy())
-        truth = (labels == s).cpu()
-        total = int(mask.sum()) + int(truth.sum())
-        scores.append(2.0 * int((mask & truth).sum()) / total if total else 1.0)
-    return float(np.mean(scores))
+    grid, index = ijk_to_ras.cpu().double().numpy(), labels.cpu()
+    return float(np.mean([
+        dice(voxelize_mesh((verts.float() @ linear.T + shift).cpu(), faces.cpu(), tuple(index.shape), grid), index == s)
+        for s, (verts, faces) in enumerate(meshes)
+    ]))
 
 
 # ------------------------------------------------------------------------------ mesh operators
