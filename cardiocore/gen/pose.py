@@ -195,10 +195,12 @@ def aligned_cohort(cohort: ShapeCohort, reference: torch.Tensor) -> ShapeCohort:
     """The cohort with each subject moved rigidly so that its key shape (:func:`key_items`) lies on
     ``reference`` (V, 3) mm as well as it can; all of a subject's shapes move together."""
     verts = cohort.verts.double().clone()
+    items: dict[str, list[int]] = {}
+    for index, subject in enumerate(cohort.subject_ids):
+        items.setdefault(subject, []).append(index)
     for key in key_items(cohort):
-        pose = kabsch_pose(verts[key], reference)
-        items = [i for i, subject in enumerate(cohort.subject_ids) if subject == cohort.subject_ids[key]]
-        verts[items] = pose.apply(verts[items])
+        subject_items = items[cohort.subject_ids[key]]
+        verts[subject_items] = kabsch_pose(verts[key], reference).apply(verts[subject_items])
     return dataclasses.replace(cohort, verts=verts.float())
 
 

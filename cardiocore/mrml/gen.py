@@ -246,8 +246,8 @@ def interpolate_to_sequence(
     """
     if not isinstance(n, (int, np.integer)) or n < 2:
         raise CardioInputError("n", f"must be at least 2 frames (the two ends), got {n!r}")
-    ends = [model.template_vertices(mesh.verts, mesh.faces, node.GetName())
-            for node, mesh in ((node, model_to_mesh(node)) for node in (node_a, node_b))]
+    meshes = [model_to_mesh(node) for node in (node_a, node_b)]
+    ends = [model.template_vertices(mesh.verts, mesh.faces, mesh.name) for mesh in meshes]
     frames = model.interpolate(ends[0], ends[1], int(n), names=(node_a.GetName(), node_b.GetName()))
     name = name or f"CardioGen {node_a.GetName()} to {node_b.GetName()}"
     return meshes_to_sequence(frames.numpy(), name, faces=model.faces.numpy(), color=PHASE_COLORS[None])

@@ -713,7 +713,8 @@ def fit_template(
     affine = moment_affine([mesh_moments(v, f) for v, f in base], target_moments)
     mirrored = False
     if mirror_check:
-        mirror = [template.mirrored().mesh(n) for n in names]
+        mirror_template = template.mirrored()
+        mirror = [mirror_template.mesh(n) for n in names]
         mirror_affine = moment_affine([mesh_moments(v, f) for v, f in mirror], target_moments)
         mirrored = (placed_overlap(mirror, mirror_affine, target.labels, target.matrix)
                     >= placed_overlap(base, affine, target.labels, target.matrix) + MIRROR_MARGIN)
